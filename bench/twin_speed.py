@@ -1,0 +1,91 @@
+"""Twin speed: simulated vehicle-days per wall second, uncontrolled, 7 days.
+
+Runs the full twin (behaviour, SimulatedOEM, controller through the SimPy driver, results) at
+1,000 and 10,000 cars, and side by side a baseline on the same sessions: the textbook design
+of one SimPy process per car stepping every 15 minutes (the performance reference's slow
+column). Machines are noisy, so the ratio to that baseline is the figure to compare between
+runs; the target is >= 20,000 vehicle-days/s at 10,000 cars.
+
+    python bench/twin_speed.py            # 1k and 10k cars
+    python bench/twin_speed.py --quick    # 1k only, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from twin.scenario import parse_scenario
+from twin.sim.run import prepare, simulate
+
+TARGET_VD_PER_S = 20_000
+TICK_S = 900.0
+
+
+def scenario(cars: int):
+    return parse_scenario({"name": f"speed-{cars}", "days": 7, "seed": 1, "fleet": [{"name": "car", "count": cars}]})
+
+
+def baseline(sc) -> float:
+    """One SimPy process per car with a 15-minute tick; constant power; same sessions."""
+    vehicles, sessions, origin, _signals, _ = prepare(sc, sc.seed)
+    kw = np.minimum(vehicles["max_ac_kw"], vehicles["charger_kw"]).to_numpy()
+    cap = vehicles["battery_kwh"].to_numpy()
+    eff = vehicles["efficiency"].to_numpy()
+    car = pd.Index(vehicles["vehicle_id"]).get_indexer(sessions["vehicle_id"])
+    arr = (sessions["arrival"] - pd.Timestamp(origin)).dt.total_seconds().to_numpy()
+    dep = (sessions["departure"] - pd.Timestamp(origin)).dt.total_seconds().to_numpy()
+    target = sessions["target_soc"].to_numpy()
+    by_car = [[] for _ in range(len(vehicles))]
+    for s in range(len(sessions)):
+        by_car[car[s]].append(s)
+    env = simpy.Environment()
+    energy = np.zeros(len(vehicles))
+
+    def proc(i):
+        soc = 0.4
+        for s in by_car[i]:
+            if arr[s] > env.now:
+                yield env.timeout(arr[s] - env.now)
+            while env.now < dep[s]:
+                step = min(TICK_S, dep[s] - env.now)
+                if soc < target[s]:
+                    add = min(kw[i] * eff[i] * step / 3600 / cap[i], target[s] - soc)
+                    soc += add
+                    energy[i] += add * cap[i] / eff[i]
+                yield env.timeout(step)
+            soc = max(0.0, soc - 0.12)
+
+    t = time.perf_counter()
+    for i in range(len(vehicles)):
+        env.process(proc(i))
+    env.run()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 cars only, one repeat")
+    args = parser.parse_args()
+    sizes = [1_000] if args.quick else [1_000, 10_000]
+    repeats = 1 if args.quick else 3
+    simulate(scenario(50))  # warm imports and caches
+    print(f"{'cars':>7} {'vehicle-days':>12} {'twin s':>8} {'twin vd/s':>10} {'baseline s':>10} "
+          f"{'baseline vd/s':>13} {'speed-up':>8}  target")
+    for cars in sizes:
+        sc = scenario(cars)
+        vd = cars * sc.days
+        twin_s = min(simulate(sc).wall_seconds for _ in range(repeats))
+        base_s = baseline(sc)
+        ok = "met" if vd / twin_s >= TARGET_VD_PER_S else "MISSED"
+        note = f"{ok} (>= {TARGET_VD_PER_S:,})" if cars == 10_000 else ""
+        print(f"{cars:>7,} {vd:>12,} {twin_s:>8.2f} {vd / twin_s:>10,.0f} {base_s:>10.2f} "
+              f"{vd / base_s:>13,.0f} {base_s / twin_s:>7.1f}x  {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Charging physics: the taper curve and its exact integration.
+
+A car draws grid-side power ``P(s) = min(charger_kw, L(s))`` at state of charge ``s``
+(fraction 0..1), where the car's own limit ``L`` is flat up to the knee and falls linearly to
+a floor at 100 %::
+
+    L(s) = vehicle_kw                                        for s <= knee
+    L(s) = vehicle_kw - b (s - knee),  b = (vehicle_kw - floor_kw) / (1 - knee)   for s > knee
+
+The battery gains ``efficiency * P`` kW, so ``ds/dt = efficiency * P(s) / battery_kwh``
+(per hour). Between events this ODE is integrated in closed form: linear while the flat limit
+binds, exponential once the taper binds (``ds/dt = k (s_inf - s)``). The simulation therefore
+advances energy exactly from one event to the next, without a fixed time step.
+
+There are two implementations of the same formulas: :class:`ChargeCurve` for one car
+(plain ``math``; called inside the event loop, where NumPy scalar overhead would dominate)
+and :func:`soc_after_array` for many segments at once (NumPy; used when results are binned
+into settlement slots). Tests check that they agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["ChargeCurve", "soc_after_array", "curve_arrays"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeCurve:
+    """Charging behaviour of one car on one charger.
+
+    Parameters
+    ----------
+    battery_kwh : usable capacity, kWh.
+    charger_kw : charger (EVSE) limit, kW.
+    vehicle_kw : the car's maximum AC draw, kW.
+    efficiency : fraction of grid energy that reaches the battery.
+    knee_soc : SoC (fraction) where the car's taper starts.
+    floor_kw : the car's limit at 100 % SoC, kW.
+    """
+
+    battery_kwh: float
+    charger_kw: float
+    vehicle_kw: float
+    efficiency: float
+    knee_soc: float
+    floor_kw: float
+
+    # Derived constants, computed once: the event loop evaluates curves ~10^5 times per run.
+    max_kw: float = field(init=False)
+    """Grid-side draw while the taper does not bind, kW."""
+    slope_kw: float = field(init=False)
+    """Taper slope ``b`` in kW per unit SoC (0 when there is no taper)."""
+    taper_soc: float = field(init=False)
+    """SoC above which the taper (not the flat limit) sets the power; ``inf`` if never."""
+    _flat_rate: float = field(init=False, repr=False)
+    _s_inf: float = field(init=False, repr=False)
+    _k: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        max_kw = min(self.charger_kw, self.vehicle_kw)
+        if self.floor_kw >= self.vehicle_kw or self.knee_soc >= 1.0:
+            b = 0.0
+        else:
+            b = (self.vehicle_kw - self.floor_kw) / (1.0 - self.knee_soc)
+        taper_soc = math.inf
+        if b > 0.0:
+            s = self.knee_soc + (self.vehicle_kw - max_kw) / b
+            taper_soc = s if s < 1.0 else math.inf
+        setattr_ = object.__setattr__
+        setattr_(self, "max_kw", max_kw)
+        setattr_(self, "slope_kw", b)
+        setattr_(self, "taper_soc", taper_soc)
+        setattr_(self, "_flat_rate", self.efficiency * max_kw / self.battery_kwh)
+        # s_inf: the SoC where the linear taper would reach 0 kW; k: its time constant, 1/h
+        setattr_(self, "_s_inf", (self.vehicle_kw + b * self.knee_soc) / b if b > 0.0 else math.inf)
+        setattr_(self, "_k", self.efficiency * b / self.battery_kwh)
+
+    def power_kw(self, soc: float) -> float:
+        """Grid-side power drawn at ``soc``, kW."""
+        if soc <= self.taper_soc:
+            return self.max_kw
+        return min(self.max_kw, self.vehicle_kw - self.slope_kw * (soc - self.knee_soc))
+
+    def soc_after(self, soc: float, hours: float) -> float:
+        """SoC after charging at the limit for ``hours`` from ``soc`` (capped at 1; the car's
+        charge limit is applied by the caller)."""
+        if hours <= 0.0:
+            return soc
+        s_c = self.taper_soc
+        if soc < s_c:
+            rate = self._flat_rate
+            t_flat = (s_c - soc) / rate
+            if hours <= t_flat:
+                return min(1.0, soc + rate * hours)
+            hours -= t_flat
+            soc = s_c
+        s_inf = self._s_inf
+        return min(1.0, s_inf - (s_inf - soc) * math.exp(-self._k * hours))
+
+    def hours_to(self, soc: float, target: float) -> float:
+        """Hours of charging at the limit to go from ``soc`` to ``target``; ``inf`` if never."""
+        if target <= soc:
+            return 0.0
+        s_c = self.taper_soc
+        rate = self._flat_rate
+        if target <= s_c:
+            return (target - soc) / rate
+        hours = 0.0
+        if soc < s_c:
+            hours = (s_c - soc) / rate
+            soc = s_c
+        s_inf = self._s_inf
+        if target >= s_inf:
+            return math.inf
+        return hours + math.log((s_inf - soc) / (s_inf - target)) / self._k
+
+
+def curve_arrays(curves: list[ChargeCurve]) -> dict[str, np.ndarray]:
+    """Struct-of-arrays form of many curves, the input of :func:`soc_after_array`."""
+    cap = np.array([c.battery_kwh for c in curves], dtype=float)
+    return {
+        "battery_kwh": cap,
+        "efficiency": np.array([c.efficiency for c in curves], dtype=float),
+        "max_kw": np.array([c.max_kw for c in curves], dtype=float),
+        "vehicle_kw": np.array([c.vehicle_kw for c in curves], dtype=float),
+        "knee_soc": np.array([c.knee_soc for c in curves], dtype=float),
+        "slope_kw": np.array([c.slope_kw for c in curves], dtype=float),
+        "taper_soc": np.array([c.taper_soc for c in curves], dtype=float),
+    }
+
+
+def soc_after_array(arrays: dict[str, np.ndarray], soc: np.ndarray, hours: np.ndarray) -> np.ndarray:
+    """Vectorised :meth:`ChargeCurve.soc_after`.
+
+    ``arrays`` holds one entry per element of ``soc``/``hours`` (index it with the segments'
+    car indices first). Hours <= 0 leave the SoC unchanged.
+    """
+    soc = np.asarray(soc, dtype=float)
+    hours = np.maximum(np.asarray(hours, dtype=float), 0.0)
+    cap = arrays["battery_kwh"]
+    eff = arrays["efficiency"]
+    s_c = arrays["taper_soc"]
+    rate = eff * arrays["max_kw"] / cap
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        t_flat = np.where(soc < s_c, (s_c - soc) / rate, 0.0)
+        flat_only = hours <= t_flat
+        out = np.where(flat_only, soc + rate * hours, 0.0)
+        b = arrays["slope_kw"]
+        s0 = np.where(soc < s_c, s_c, soc)
+        h2 = hours - t_flat
+        s_inf = (arrays["vehicle_kw"] + b * arrays["knee_soc"]) / b
+        k = eff * b / cap
+        tapered = s_inf - (s_inf - s0) * np.exp(-k * h2)
+    return np.minimum(np.where(flat_only, out, tapered), 1.0)

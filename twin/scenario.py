@@ -1,0 +1,417 @@
+"""Scenario files: YAML validated by pydantic models.
+
+A scenario says which cars there are, how their drivers behave (or which recorded sessions to
+replay), the price and carbon signals, the OEM cloud's behaviour and, optionally, KPI
+thresholds. ``twin schema`` writes the JSON Schema generated from these models
+(``scenarios/scenario.schema.json``) for editors and CI.
+
+Errors in a file are reported as :class:`ScenarioError` with the file, the field path and the
+reason, one line per problem, e.g.::
+
+    scenarios/broken.yaml: fleet[0].vehicle.battery_kwh: must be greater than 0 (got -60)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, time, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "Scenario",
+    "ScenarioError",
+    "FleetGroup",
+    "VehicleModel",
+    "ChargerModel",
+    "Behaviour",
+    "TimeOfDay",
+    "SignalsModel",
+    "OEMProfile",
+    "PreferencesModel",
+    "load_scenario",
+    "parse_scenario",
+    "scenario_json_schema",
+    "POLICIES",
+]
+
+#: policy names the twin knows; `twin run --policy` and the scenario's `policy` field use them
+POLICIES = ("uncontrolled",)
+
+
+class ScenarioError(ValueError):
+    """A scenario (or session CSV) is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _minutes(t: time) -> int:
+    return t.hour * 60 + t.minute
+
+
+def _soc_field(value: float, name: str) -> float:
+    if 1.0 < value <= 100.0:
+        raise ValueError(f"{name} is a fraction 0..1, got {value:g}; did you mean {value / 100:g}?")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value:g}")
+    return value
+
+
+# Plausibility bounds catch unit mistakes (W for kW, Wh for kWh) with a hint instead of
+# silently simulating a 60,000 kWh battery. The largest production EV packs are ~200 kWh and AC
+# on-board chargers stop at 22 kW; the bounds leave room above both.
+_MAX_BATTERY_KWH = 300.0
+_MAX_AC_KW = 50.0
+
+
+def _unit_check(value: float, limit: float, unit: str, smaller: str) -> float:
+    if value > limit:
+        hint = f"; it looks like {smaller}, give it in {unit}" if value >= 1000 else ""
+        raise ValueError(f"{value:g} {unit} is implausibly large (at most {limit:g}){hint}")
+    return value
+
+
+class VehicleModel(_Model):
+    """The car model of a fleet group."""
+
+    model: str = "generic-60kWh"
+    battery_kwh: Annotated[float, Field(gt=0, description="usable battery capacity, kWh")] = 60.0
+    max_ac_kw: Annotated[float, Field(gt=0, description="car's maximum AC draw, kW")] = 7.4
+    efficiency: Annotated[float, Field(gt=0, le=1, description="grid-to-battery efficiency")] = 0.9
+    taper_knee_soc: Annotated[float, Field(description="SoC where the taper starts (fraction)")] = 0.8
+    taper_floor_kw: Annotated[float, Field(ge=0, description="car's limit at 100 % SoC, kW")] = 1.5
+    consumption_kwh_per_km: Annotated[float, Field(gt=0, le=1, description="driving use, kWh/km")] = 0.18
+
+    @field_validator("battery_kwh")
+    @classmethod
+    def _battery(cls, v: float) -> float:
+        return _unit_check(v, _MAX_BATTERY_KWH, "kWh", "Wh")
+
+    @field_validator("max_ac_kw", "taper_floor_kw")
+    @classmethod
+    def _power(cls, v: float) -> float:
+        return _unit_check(v, _MAX_AC_KW, "kW", "W")
+
+    @field_validator("taper_knee_soc")
+    @classmethod
+    def _knee(cls, v: float) -> float:
+        return _soc_field(v, "taper_knee_soc")
+
+
+class ChargerModel(_Model):
+    max_kw: Annotated[float, Field(gt=0, description="charge point limit, kW")] = 7.0
+
+    @field_validator("max_kw")
+    @classmethod
+    def _power(cls, v: float) -> float:
+        return _unit_check(v, _MAX_AC_KW, "kW", "W")
+
+
+class TimeOfDay(_Model):
+    """A time of day drawn from a normal distribution truncated to [earliest, latest] (UTC)."""
+
+    mean: time
+    sd_minutes: Annotated[float, Field(ge=0)] = 0.0
+    earliest: time = time(0, 0)
+    latest: time = time(23, 59)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TimeOfDay:
+        if not self.earliest <= self.mean <= self.latest:
+            raise ValueError(
+                f"mean {self.mean:%H:%M} must lie between earliest {self.earliest:%H:%M} "
+                f"and latest {self.latest:%H:%M}"
+            )
+        return self
+
+
+class DailyDistance(_Model):
+    """Distance driven per day: lognormal with this mean and standard deviation (km)."""
+
+    mean_km: Annotated[float, Field(ge=0, le=2000)] = 35.0
+    sd_km: Annotated[float, Field(ge=0)] = 20.0
+
+    @model_validator(mode="after")
+    def _spread(self) -> DailyDistance:
+        # A coefficient of variation above 5 is not a daily-driving pattern, and it would make
+        # the lognormal's sigma overflow for tiny means.
+        if self.sd_km > 5 * self.mean_km:
+            raise ValueError(f"sd_km {self.sd_km:g} is more than 5 × mean_km {self.mean_km:g}")
+        return self
+
+
+class Behaviour(_Model):
+    """Drivers' daily cycle: come home, maybe plug in, leave the next morning."""
+
+    plug_in: TimeOfDay = TimeOfDay(mean=time(18, 30), sd_minutes=90, earliest=time(15, 0), latest=time(23, 30))
+    departure: TimeOfDay = TimeOfDay(mean=time(7, 45), sd_minutes=50, earliest=time(5, 0), latest=time(10, 30))
+    departure_day_offset: Annotated[
+        int, Field(ge=0, le=1, description="0: leave the same day as plug-in; 1: the next day")
+    ] = 1
+    ready_by: TimeOfDay = Field(
+        default=TimeOfDay(mean=time(7, 0), sd_minutes=30, earliest=time(5, 30), latest=time(9, 30)),
+        description="declared ready-by time, drawn once per vehicle",
+    )
+    plug_in_probability: Annotated[float, Field(gt=0, le=1, description="chance of plugging in on a day")] = 0.75
+    daily_distance: DailyDistance = DailyDistance()
+    initial_soc: tuple[float, float] = Field(
+        default=(0.25, 0.6), description="SoC at the first plug-in: uniform between the two values"
+    )
+
+    @field_validator("initial_soc")
+    @classmethod
+    def _initial(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = (_soc_field(x, "initial_soc") for x in v)
+        if lo > hi:
+            raise ValueError(f"initial_soc range is reversed ({lo:g} > {hi:g})")
+        return v
+
+    @model_validator(mode="after")
+    def _cycle(self) -> Behaviour:
+        dep_latest = self.departure_day_offset * 1440 + _minutes(self.departure.latest)
+        if dep_latest >= 1440 + _minutes(self.plug_in.earliest):
+            raise ValueError(
+                "departure.latest must come before the next day's plug_in.earliest, "
+                "otherwise a car would plug in again before it has left"
+            )
+        if self.departure_day_offset == 0 and _minutes(self.departure.earliest) <= _minutes(self.plug_in.latest):
+            raise ValueError(
+                "with departure_day_offset 0, departure.earliest must be after plug_in.latest"
+            )
+        return self
+
+
+class PreferencesModel(_Model):
+    target_soc: float = 0.8
+    min_soc: float = 0.2
+
+    @field_validator("target_soc", "min_soc")
+    @classmethod
+    def _soc(cls, v: float, info: Any) -> float:
+        return _soc_field(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _order(self) -> PreferencesModel:
+        if self.min_soc > self.target_soc:
+            raise ValueError(f"min_soc {self.min_soc:g} is above target_soc {self.target_soc:g}")
+        return self
+
+
+class FleetGroup(_Model):
+    """``count`` identical cars with the same driver behaviour distribution."""
+
+    name: str = "cars"
+    count: Annotated[int, Field(gt=0, le=1_000_000)]
+    vehicle: VehicleModel = VehicleModel()
+    charger: ChargerModel = ChargerModel()
+    behaviour: Behaviour = Behaviour()
+    preferences: PreferencesModel = PreferencesModel()
+    oem: str = "default"
+
+
+class OEMProfile(_Model):
+    """How a (simulated) OEM cloud behaves."""
+
+    push: bool = Field(True, description="pushes telemetry (webhooks) on plug-in/unplug; else the controller polls")
+    push_delay_s: Annotated[float, Field(ge=0, description="webhook delivery delay, seconds")] = 0.0
+    charge_on_plug_in: bool = Field(True, description="the car starts charging by itself when plugged in")
+
+
+class SignalShape(_Model):
+    """A built-in daily shape (see :mod:`twin.signals`) or a CSV file of values."""
+
+    shape: Literal["agile_like", "flat", "gb_carbon_like"] | None = None
+    csv: str | None = Field(None, description="CSV with a UTC 'slot_start' column, relative to the scenario file")
+    column: str | None = Field(None, description="column to read from the CSV")
+    scale: Annotated[float, Field(gt=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _one(self) -> SignalShape:
+        if (self.shape is None) == (self.csv is None):
+            raise ValueError("give exactly one of 'shape' or 'csv'")
+        return self
+
+
+class ForecastError(_Model):
+    """Forecast = actual × (1 + error), error drawn per slot with this relative sd."""
+
+    price_relative_sd: Annotated[float, Field(ge=0, le=2)] = 0.0
+    carbon_relative_sd: Annotated[float, Field(ge=0, le=2)] = 0.0
+
+
+class SignalsModel(_Model):
+    slot_minutes: Literal[15, 30] = 30
+    price: SignalShape = SignalShape(shape="agile_like")
+    carbon: SignalShape = SignalShape(shape="gb_carbon_like")
+    day_to_day_sd: Annotated[float, Field(ge=0, le=1, description="relative sd of each day's level")] = 0.12
+    forecast_error: ForecastError = ForecastError()
+
+
+class SessionReplay(_Model):
+    """Replay recorded sessions from a CSV instead of generating them."""
+
+    csv: str = Field(description="path relative to the scenario file")
+    vehicle: VehicleModel = VehicleModel()
+    charger: ChargerModel = ChargerModel()
+    preferences: PreferencesModel = PreferencesModel()
+    oem: str = "default"
+
+
+class SiteModel(_Model):
+    feeder_kw: Annotated[float, Field(gt=0)] | None = None
+
+
+class Scenario(_Model):
+    """A runnable case: fleet (or replayed sessions), signals, OEM behaviour, site."""
+
+    name: str = "scenario"
+    description: str = ""
+    start: datetime = Field(
+        default=datetime(2026, 1, 12, tzinfo=timezone.utc),
+        description="first day (UTC midnight is typical); tz-aware",
+    )
+    days: Annotated[int, Field(gt=0, le=366, description="days on which sessions start")] = 7
+    seed: int = 1
+    policy: str = "uncontrolled"
+    fleet: list[FleetGroup] = Field(default_factory=list)
+    sessions: SessionReplay | None = None
+    signals: SignalsModel = SignalsModel()
+    oem_profiles: dict[str, OEMProfile] = Field(default_factory=lambda: {"default": OEMProfile()})
+    site: SiteModel = SiteModel()
+    #: where relative paths in the file are resolved (not part of the file)
+    _base_dir: Path = PrivateAttr(default=Path("."))
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve(self, relative: str) -> Path:
+        """A path given in the file, resolved against the file's folder."""
+        return (self._base_dir / relative).resolve()
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("start needs a timezone, e.g. 2026-01-12T00:00:00Z")
+        return v.astimezone(timezone.utc)
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        return check_policy(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if not self.fleet and self.sessions is None:
+            raise ValueError("give a 'fleet' (generated sessions) or 'sessions' (a CSV to replay)")
+        if self.fleet and self.sessions is not None:
+            raise ValueError("give either 'fleet' or 'sessions', not both")
+        names = [g.name for g in self.fleet]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"fleet group names must be unique; repeated: {', '.join(dupes)}")
+        for where, oem in [(f"fleet group '{g.name}'", g.oem) for g in self.fleet] + (
+            [("sessions", self.sessions.oem)] if self.sessions else []
+        ):
+            if oem not in self.oem_profiles:
+                raise ValueError(
+                    f"{where} uses OEM profile '{oem}', which is not in oem_profiles "
+                    f"({', '.join(sorted(self.oem_profiles)) or 'none defined'})"
+                )
+        return self
+
+    @property
+    def vehicle_count(self) -> int:
+        return sum(g.count for g in self.fleet)
+
+
+def check_policy(name: str) -> str:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy '{name}'; choose one of: {', '.join(POLICIES)}")
+    return name
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    msg = err.get("msg", "")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; see scenarios/scenario.schema.json)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind in ("value_error", "assertion_error"):
+        return msg
+    got = err.get("input")
+    if kind not in ("model_type",) and got is not None and not isinstance(got, (dict, list)):
+        return f"{msg[0].lower() + msg[1:] if msg else msg} (got {got!r})"
+    return msg
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    return [f"{_loc(e['loc'])}: {_message(e)}" for e in exc.errors()]
+
+
+def parse_scenario(data: Any, *, source: str = "<scenario>", base_dir: Path | str = ".") -> Scenario:
+    """Validate a scenario given as a mapping (e.g. parsed YAML, or built in a notebook)."""
+    if not isinstance(data, dict):
+        raise ScenarioError(source, ["the file must contain a mapping of scenario fields"])
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(source, _problems(exc)) from None
+    scenario._base_dir = Path(base_dir)
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(str(path), [f"cannot read file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ScenarioError(str(path), [f"{where}not valid YAML: {problem}"]) from None
+    return parse_scenario(data, source=str(path), base_dir=path.parent)
+
+
+def scenario_json_schema() -> str:
+    """The JSON Schema of scenario files, as stable, pretty-printed JSON text."""
+    schema = Scenario.model_json_schema(mode="validation")
+    schema["title"] = "chargetwin scenario"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
