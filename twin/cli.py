@@ -1,18 +1,22 @@
 """The ``twin`` command line.
 
     twin run [SCENARIO] [--out DIR] [--seed N] [--policy NAME]
+    twin compare SCENARIO [--policies uncontrolled,smart,optimal] [--report FILE] [--out DIR] [--seed N]
+    twin check SCENARIO...
     twin schema [--out FILE]
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Optional
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,8 +30,10 @@ app = typer.Typer(
     no_args_is_help=True,
     help="chargetwin: simulate and control smart EV charging through OEM cloud APIs.",
 )
-out_console = Console()
-err_console = Console(stderr=True)
+# Output goes to terminals and CI logs alike: lines are never hard-wrapped, and when piped the
+# tables get room for their description column.
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+err_console = Console(stderr=True, soft_wrap=True)
 
 # Runs shorter than this finish before a progress bar would help; longer ones show one.
 _PROGRESS_AFTER_S = 2.0
@@ -71,8 +77,8 @@ def _fail(exc: ScenarioError) -> None:
 
 
 def _fmt(value: float) -> str:
-    if isinstance(value, bool) or isinstance(value, int):
-        return f"{value:,}"
+    if isinstance(value, (bool, int)) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e15):
+        return f"{int(value):,}"
     if math.isnan(value):
         return "n/a"
     if abs(value) < 1 and value != 0:
@@ -80,15 +86,18 @@ def _fmt(value: float) -> str:
     return f"{value:,.2f}"
 
 
-def kpi_table(results: list[SimulationResult]) -> Table:
-    """KPIs of one or more runs side by side."""
+def kpi_table(frame: pd.DataFrame) -> Table:
+    """A KPI frame (rows: KPIs, columns: policies) as a console table."""
+    from twin.compare import DERIVED_DESCRIPTIONS
+
+    meaning = {**KPI_DESCRIPTIONS, **DERIVED_DESCRIPTIONS}
     table = Table(show_header=True, header_style="bold")
     table.add_column("KPI")
-    for r in results:
-        table.add_column(r.policy, justify="right")
+    for policy in frame.columns:
+        table.add_column(str(policy), justify="right")
     table.add_column("meaning", style="dim")
-    for name in results[0].kpis:
-        table.add_row(name, *(_fmt(r.kpis[name]) for r in results), KPI_DESCRIPTIONS.get(name, ""))
+    for name, row in frame.iterrows():
+        table.add_row(str(name), *(_fmt(v) for v in row), meaning.get(str(name), ""))
     return table
 
 
@@ -116,8 +125,83 @@ def run(
         f"{result.kpis['vehicles']} cars · {result.kpis['sessions']} sessions · {result.wall_seconds:.1f} s",
         highlight=False,
     )
-    out_console.print(kpi_table([result]))
+    out_console.print(kpi_table(pd.DataFrame({result.policy: pd.Series(result.kpis, dtype=object)})))
     out_console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)
+
+
+@app.command()
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="scenario YAML")],
+    policies: Annotated[str, typer.Option(help="comma-separated policies to run")] = "uncontrolled,smart,optimal",
+    report: Annotated[Optional[Path], typer.Option(help="write a self-contained HTML report here")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="also write each policy's tables to DIR/POLICY/")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (default: the scenario's)")] = None,
+) -> None:
+    """Run a scenario under several policies; print KPIs side by side with savings and regret."""
+    from twin.compare import compare as run_compare
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    bar = _LazyProgress(f"comparing {scenario.name}")
+    try:
+        result = run_compare(scenario, names, seed=seed,
+                             progress=lambda p, f: bar((names.index(p) + f) / len(names)))
+    except ScenarioError as exc:
+        bar.close()
+        _fail(exc)
+    bar.close()
+    first = next(iter(result.results.values()))
+    out_console.print(
+        f"[bold]{first.scenario}[/] · seed {first.seed} · {first.kpis['vehicles']} cars · "
+        f"{first.kpis['sessions']} sessions · "
+        + " · ".join(f"{p} {r.wall_seconds:.1f} s" for p, r in result.results.items()),
+        highlight=False,
+    )
+    out_console.print(kpi_table(result.table))
+    if out is not None:
+        for policy, r in result.results.items():
+            r.write(out / policy)
+        result.table.to_csv(out / "comparison.csv", index_label="kpi")
+        out_console.print(f"wrote {out}/<policy>/*.csv and {out}/comparison.csv", highlight=False)
+    if report is not None:
+        from twin.report import write_report
+
+        path = write_report(result.results, result.table, report)
+        out_console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def check(
+    scenarios: Annotated[list[Path], typer.Argument(help="scenario YAML files that declare 'checks'")],
+    seed: Annotated[Optional[int], typer.Option(help="random seed (default: each scenario's)")] = None,
+) -> None:
+    """Run scenarios and enforce the KPI thresholds they declare; exit 1 naming each miss."""
+    from twin.compare import check_thresholds
+    from twin.compare import compare as run_compare
+    from twin.scenario import load_scenario
+
+    missed = 0
+    for path in scenarios:
+        try:
+            sc = load_scenario(path)
+            if sc.checks is None:
+                raise ScenarioError(str(path), ["declares no 'checks' (policies and thresholds) to enforce"])
+            t0 = time.perf_counter()
+            result = run_compare(sc, sc.checks.policies, seed=seed)
+        except ScenarioError as exc:
+            _fail(exc)
+        misses = check_thresholds(sc, result.table)
+        count = sum(len(v) for v in sc.checks.thresholds.values())
+        took = time.perf_counter() - t0
+        if misses:
+            missed += len(misses)
+            out_console.print(f"[bold red]FAIL[/] {path} ({count - len(misses)}/{count} thresholds met, {took:.1f} s)",
+                              highlight=False)
+            for line in misses:
+                out_console.print(f"  missed: {line}", highlight=False)
+        else:
+            out_console.print(f"[bold green]ok[/]   {path} ({count} thresholds met, {took:.1f} s)", highlight=False)
+    if missed:
+        raise typer.Exit(code=1)
 
 
 @app.command()

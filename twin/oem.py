@@ -40,6 +40,11 @@ class VehicleReading:
     plugged_in: bool
     charging: bool
 
+    def describe(self) -> str:
+        """One line for event logs."""
+        soc = "?" if self.soc is None else f"{self.soc:.4f}"
+        return f"soc={soc} plugged={int(self.plugged_in)} charging={int(self.charging)}"
+
 
 class OEMError(Exception):
     """An OEM call failed. ``vehicle_id`` says for which car."""
@@ -99,5 +104,7 @@ class OEMAdapter(Protocol):
     async def stop_charging(self, vehicle_id: str) -> None: ...
 
     async def wake(self, vehicle_id: str) -> None: ...
+
+    async def refresh_auth(self, vehicle_id: str) -> None: ...
 
     def subscribe(self, sink: Callable[[VehicleReading], None]) -> None: ...

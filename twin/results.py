@@ -23,6 +23,12 @@ energy the car did not have before this session).
 ``events`` — ``time`` (UTC), ``vehicle_id``, ``kind`` (``plug_in``, ``unplug``, ``telemetry``,
 ``command``, ``result``), ``detail``.
 
+``charging`` — one row per continuous charging segment: ``vehicle_id``, ``session_id``,
+``start``, ``end`` (UTC), ``soc_start``, ``soc_end``, ``energy_kwh`` (grid). SoC rises along the
+car's taper curve between the two ends; :func:`soc_trajectory` samples it.
+
+``vehicles`` — the fleet as simulated (see :mod:`twin.sim.behaviour`).
+
 KPIs (``kpis``, a dict; units in the names): see :data:`KPI_DESCRIPTIONS`.
 """
 
@@ -40,7 +46,7 @@ from twin.battery import soc_after_array
 from twin.controller import SOC_TOLERANCE
 from twin.domain import Signals
 
-__all__ = ["SimulationResult", "KPI_DESCRIPTIONS", "build_result"]
+__all__ = ["SimulationResult", "KPI_DESCRIPTIONS", "build_result", "soc_trajectory"]
 
 KPI_DESCRIPTIONS = {
     "vehicles": "cars in the fleet",
@@ -55,9 +61,16 @@ KPI_DESCRIPTIONS = {
     "ready_by_met_share_reachable": "the same, over sessions whose target was reachable and the driver did not leave early",
     "shortfall_kwh": "battery energy missing at ready-by, summed over sessions, kWh",
     "peak_fleet_kw": "highest slot-average fleet power, kW",
-    "commands_sent": "start/stop/wake commands sent to OEM clouds",
-    "oem_calls": "all OEM calls (reads and commands)",
     "sessions_left_early": "sessions where the driver left before the declared ready-by",
+    "commands_sent": "start/stop commands sent to OEM clouds",
+    "commands_failed": "start/stop commands that returned an error",
+    "commands_retried": "start/stop commands re-sent after a failure or a disobeyed stop",
+    "commands_unverified": "acknowledged commands never confirmed by a later reading",
+    "stops_ignored": "acknowledged stops the car did not obey (ground truth)",
+    "cars_escalated": "sessions where a car was escalated as not obeying stop",
+    "oem_calls": "all OEM calls: reads, commands, wakes, token refreshes",
+    "oem_calls_per_car_hour": "OEM calls per car per simulated hour",
+    "notifications": "messages to drivers (plan at plug-in, plan changes, escalations)",
 }
 
 
@@ -73,6 +86,7 @@ class SimulationResult:
     timeseries: pd.DataFrame
     events: pd.DataFrame
     vehicles: pd.DataFrame
+    charging: pd.DataFrame
     wall_seconds: float = field(default=0.0, compare=False)
 
     def kpi_frame(self) -> pd.DataFrame:
@@ -82,15 +96,15 @@ class SimulationResult:
         ).loc[list(self.kpis)]
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write ``kpis.json``, ``sessions.csv``, ``timeseries.csv``, ``events.csv``."""
+        """Write ``kpis.json`` and ``sessions``, ``timeseries``, ``events``, ``charging`` CSVs."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         meta = {"scenario": self.scenario, "policy": self.policy, "seed": self.seed, "kpis": self.kpis}
-        paths = [out / "kpis.json", out / "sessions.csv", out / "timeseries.csv", out / "events.csv"]
+        paths = [out / "kpis.json"]
         paths[0].write_text(json.dumps(meta, indent=2) + "\n")
-        self.sessions.to_csv(paths[1], index=False)
-        self.timeseries.to_csv(paths[2], index=False)
-        self.events.to_csv(paths[3], index=False)
+        for name in ("sessions", "timeseries", "events", "charging"):
+            paths.append(out / f"{name}.csv")
+            getattr(self, name).to_csv(paths[-1], index=False)
         return paths
 
 
@@ -124,6 +138,8 @@ def build_result(
     soc_departure: np.ndarray,
     trip_unmet_kwh: np.ndarray,
     log: list[tuple[float, str, str, str]],
+    controller_stats: dict[str, int] | None = None,
+    oem_stats: dict[str, int] | None = None,
 ) -> SimulationResult:
     """Assemble KPIs and tables. ``origin`` is simulated time 0 (= first signal slot)."""
     slot_s = signals.slot_minutes * 60.0
@@ -234,6 +250,18 @@ def build_result(
         }
     )
     commands = events.loc[events["kind"] == "command", "detail"]
+    seg_cap = seg_curves["battery_kwh"]
+    charging = pd.DataFrame(
+        {
+            "vehicle_id": vehicles["vehicle_id"].to_numpy()[seg["car"]],
+            "session_id": sessions["session_id"].to_numpy()[seg["session"]],
+            "start": origin_ts + pd.to_timedelta(seg["t0"], unit="s"),
+            "end": origin_ts + pd.to_timedelta(seg["t1"], unit="s"),
+            "soc_start": seg["soc0"],
+            "soc_end": seg["soc1"],
+            "energy_kwh": (seg["soc1"] - seg["soc0"]) * seg_cap / seg_curves["efficiency"],
+        }
+    ).sort_values(["start", "vehicle_id"], kind="stable", ignore_index=True)
 
     # -- KPIs ----------------------------------------------------------------------------------
     total_energy = float(grid_kwh.sum())
@@ -252,11 +280,24 @@ def build_result(
         "ready_by_met_share_reachable": float(met[fair.to_numpy()].mean()) if fair.any() else float("nan"),
         "shortfall_kwh": float(shortfall.sum()),
         "peak_fleet_kw": float(ts["fleet_kw"].max()),
-        "commands_sent": int(commands.isin(["start", "stop", "wake"]).sum()),
-        "oem_calls": int(len(commands)),
         "sessions_left_early": int(out_sessions["left_early"].sum()),
     }
-    return SimulationResult(scenario, policy, seed, kpis, out_sessions, ts, events, vehicles)
+    cstats, ostats = controller_stats or {}, oem_stats or {}
+    hours = nslots * slot_s / 3600.0
+    kpis.update(
+        {
+            "commands_sent": int(commands.isin(["start", "stop"]).sum()),
+            "commands_failed": int(cstats.get("commands_failed", 0)),
+            "commands_retried": int(cstats.get("commands_retried", 0)),
+            "commands_unverified": int(cstats.get("commands_unverified", 0)),
+            "stops_ignored": int(ostats.get("stops_ignored", 0)),
+            "cars_escalated": int(cstats.get("escalations", 0)),
+            "oem_calls": int(len(commands)),
+            "oem_calls_per_car_hour": float(len(commands) / (len(vehicles) * hours)) if len(vehicles) else 0.0,
+            "notifications": int((events["kind"] == "notification").sum()),
+        }
+    )
+    return SimulationResult(scenario, policy, seed, kpis, out_sessions, ts, events, vehicles, charging)
 
 
 def _soc_at(seg: dict[str, np.ndarray], curves: dict[str, np.ndarray], nsess: int,
@@ -280,3 +321,30 @@ def _soc_at(seg: dict[str, np.ndarray], curves: dict[str, np.ndarray], nsess: in
     partial = soc_after_array({k: v[r] for k, v in curves.items()}, seg["soc0"][r], (when_s[has] - seg["t0"][r]) / 3600.0)
     out[has] = np.where(finished, seg["soc1"][r], partial)
     return out
+
+
+def soc_trajectory(result: SimulationResult, vehicle_id: str, points_per_segment: int = 8) -> pd.DataFrame:
+    """SoC of one car over time (``time``, ``soc``), sampled along its charging curve.
+
+    Between charging segments the SoC is flat while plugged in and unknown while driving, so
+    the frame has a row at every plug-in and unplug plus ``points_per_segment`` samples inside
+    each charging segment.
+    """
+    from twin.battery import curve_arrays  # local: only analysts call this
+    from twin.domain import Charger, VehicleSpec
+
+    v = result.vehicles.set_index("vehicle_id").loc[vehicle_id]
+    curve = VehicleSpec(v.battery_kwh, v.max_ac_kw, v.efficiency, v.taper_knee_soc, v.taper_floor_kw).curve(
+        Charger(v.charger_kw)
+    )
+    rows: list[tuple[pd.Timestamp, float]] = []
+    for s in result.sessions[result.sessions["vehicle_id"] == vehicle_id].itertuples():
+        rows.append((s.arrival, s.soc_arrival))
+        segs = result.charging[result.charging["session_id"] == s.session_id]
+        for g in segs.itertuples():
+            hours = (g.end - g.start).total_seconds() / 3600 * np.linspace(0, 1, points_per_segment)
+            socs = soc_after_array(curve_arrays([curve] * len(hours)), np.full(len(hours), g.soc_start), hours)
+            socs[-1] = g.soc_end
+            rows.extend(zip(g.start + pd.to_timedelta(hours, unit="h"), socs))
+        rows.append((s.departure, s.soc_departure))
+    return pd.DataFrame(rows, columns=["time", "soc"])

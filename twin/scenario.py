@@ -39,6 +39,11 @@ __all__ = [
     "TimeOfDay",
     "SignalsModel",
     "OEMProfile",
+    "ControlModel",
+    "ChecksModel",
+    "Publication",
+    "Latency",
+    "Outage",
     "PreferencesModel",
     "load_scenario",
     "parse_scenario",
@@ -47,7 +52,7 @@ __all__ = [
 ]
 
 #: policy names the twin knows; `twin run --policy` and the scenario's `policy` field use them
-POLICIES = ("uncontrolled",)
+POLICIES = ("uncontrolled", "smart", "optimal")
 
 
 class ScenarioError(ValueError):
@@ -99,6 +104,7 @@ class VehicleModel(_Model):
     taper_knee_soc: Annotated[float, Field(description="SoC where the taper starts (fraction)")] = 0.8
     taper_floor_kw: Annotated[float, Field(ge=0, description="car's limit at 100 % SoC, kW")] = 1.5
     consumption_kwh_per_km: Annotated[float, Field(gt=0, le=1, description="driving use, kWh/km")] = 0.18
+    ignores_stop: bool = Field(False, description="this model keeps charging when told to stop")
 
     @field_validator("battery_kwh")
     @classmethod
@@ -170,6 +176,9 @@ class Behaviour(_Model):
         default=TimeOfDay(mean=time(7, 0), sd_minutes=30, earliest=time(5, 30), latest=time(9, 30)),
         description="declared ready-by time, drawn once per vehicle",
     )
+    departs_at_ready_by: bool = Field(
+        False, description="drivers leave exactly at their declared ready-by (no early departures)"
+    )
     plug_in_probability: Annotated[float, Field(gt=0, le=1, description="chance of plugging in on a day")] = 0.75
     daily_distance: DailyDistance = DailyDistance()
     initial_soc: tuple[float, float] = Field(
@@ -191,6 +200,11 @@ class Behaviour(_Model):
             raise ValueError(
                 "departure.latest must come before the next day's plug_in.earliest, "
                 "otherwise a car would plug in again before it has left"
+            )
+        if self.departs_at_ready_by and _minutes(self.ready_by.latest) >= _minutes(self.plug_in.earliest):
+            raise ValueError(
+                "with departs_at_ready_by, ready_by.latest must come before plug_in.earliest "
+                "(a car leaves at its ready-by and plugs in again later that day)"
             )
         if self.departure_day_offset == 0 and _minutes(self.departure.earliest) <= _minutes(self.plug_in.latest):
             raise ValueError(
@@ -227,12 +241,66 @@ class FleetGroup(_Model):
     oem: str = "default"
 
 
-class OEMProfile(_Model):
-    """How a (simulated) OEM cloud behaves."""
+class Latency(_Model):
+    """Response time of a call: lognormal with this median and 95th percentile (seconds)."""
 
-    push: bool = Field(True, description="pushes telemetry (webhooks) on plug-in/unplug; else the controller polls")
+    median_s: Annotated[float, Field(ge=0)] = 0.0
+    p95_s: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _order(self) -> Latency:
+        if self.p95_s < self.median_s:
+            raise ValueError(f"p95_s {self.p95_s:g} is below median_s {self.median_s:g}")
+        if self.median_s == 0 and self.p95_s > 0:
+            raise ValueError("a latency with p95_s > 0 needs median_s > 0")
+        return self
+
+
+class Outage(_Model):
+    """A period when every call to the OEM cloud fails (5xx) and webhooks are held back."""
+
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _order(self) -> Outage:
+        for name in ("start", "end"):
+            if getattr(self, name).tzinfo is None:
+                raise ValueError(f"outage {name} needs a timezone, e.g. 2026-01-13T18:00:00Z")
+        if self.end <= self.start:
+            raise ValueError(f"outage end {self.end} is not after its start {self.start}")
+        return self
+
+
+class OEMProfile(_Model):
+    """How a (simulated) OEM cloud behaves. Defaults: a perfect, instant, always-awake cloud."""
+
+    push: bool = Field(
+        True, description="pushes telemetry (webhooks) on plug-in, unplug and charging changes; else polled"
+    )
     push_delay_s: Annotated[float, Field(ge=0, description="webhook delivery delay, seconds")] = 0.0
     charge_on_plug_in: bool = Field(True, description="the car starts charging by itself when plugged in")
+    read_latency: Latency = Latency()
+    command_latency: Latency = Latency()
+    wake_latency: Latency = Latency()
+    failure_rate: Annotated[float, Field(ge=0, le=0.95, description="share of calls failing with a 5xx")] = 0.0
+    outages: list[Outage] = Field(default_factory=list)
+    calls_per_vehicle_per_hour: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="per-vehicle quota over any rolling hour; beyond it calls get 429 + Retry-After"
+    )
+    sleep_after_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="a car that is not charging falls asleep after this long without a call"
+    )
+    soc_step: Annotated[float, Field(ge=0, le=0.1, description="SoC is reported floored to this step")] = 0.0
+    reading_max_age_s: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="the cloud answers reads from a cache up to this old (seconds)"
+    )
+    token_lifetime_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="access tokens expire this long after they are issued"
+    )
+    ignore_stop_probability: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="chance that an acknowledged stop is silently ignored by the car"
+    )
 
 
 class SignalShape(_Model):
@@ -257,12 +325,81 @@ class ForecastError(_Model):
     carbon_relative_sd: Annotated[float, Field(ge=0, le=2)] = 0.0
 
 
+class Publication(_Model):
+    """When forecasts become known to the platform (UTC).
+
+    Day-ahead prices for the delivery day starting at ``price_day_starts`` are published
+    daily at ``price_at`` (Agile: ~16:00 UK for 23:00→23:00). Carbon forecasts are published at
+    the same times and reach ``carbon_hours_ahead`` ahead (the GB Carbon Intensity API's fw48h).
+    Beyond what is published the smart policy assumes persistence (same slot a day earlier).
+    """
+
+    price_at: time = time(16, 0)
+    price_day_starts: time = time(23, 0)
+    carbon_hours_ahead: Annotated[float, Field(gt=0, le=168)] = 48.0
+
+
 class SignalsModel(_Model):
     slot_minutes: Literal[15, 30] = 30
     price: SignalShape = SignalShape(shape="agile_like")
     carbon: SignalShape = SignalShape(shape="gb_carbon_like")
     day_to_day_sd: Annotated[float, Field(ge=0, le=1, description="relative sd of each day's level")] = 0.12
     forecast_error: ForecastError = ForecastError()
+    publication: Publication | None = Field(
+        default_factory=Publication, description="null: all forecasts known from the start"
+    )
+
+
+class ControlModel(_Model):
+    """What the planning policies optimise and how the control loop is tuned."""
+
+    carbon_weight_gbp_per_kg: Annotated[float, Field(ge=0, le=10)] = 0.0
+    start_penalty_gbp: Annotated[float, Field(ge=0, le=10)] = 0.02
+    min_run_slots: Annotated[int, Field(ge=1, le=48)] = 1
+    poll_interval_s: Annotated[float, Field(gt=0)] = 900.0
+    plugged_poll_interval_s: Annotated[float, Field(gt=0)] = 1800.0
+    verify_after_s: Annotated[float, Field(gt=0)] = 600.0
+    escalate_after: Annotated[int, Field(ge=1)] = 2
+    retry_base_s: Annotated[float, Field(gt=0)] = 30.0
+    retry_max_s: Annotated[float, Field(gt=0)] = 1800.0
+
+
+class Threshold(_Model):
+    """Bounds on one KPI: ``min`` and/or ``max``."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs 'min' or 'max'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class ChecksModel(_Model):
+    """KPI thresholds ``twin check`` enforces: ``thresholds[policy][kpi]``."""
+
+    policies: list[str] = Field(default_factory=lambda: ["uncontrolled", "smart", "optimal"])
+    thresholds: dict[str, dict[str, Threshold]] = Field(default_factory=dict)
+
+    @field_validator("policies")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            check_policy(name)
+        if len(set(v)) != len(v):
+            raise ValueError("policies are listed more than once")
+        return v
+
+    @model_validator(mode="after")
+    def _covered(self) -> ChecksModel:
+        for policy in self.thresholds:
+            if policy not in self.policies:
+                raise ValueError(f"thresholds for '{policy}', which is not in policies {self.policies}")
+        return self
 
 
 class SessionReplay(_Model):
@@ -296,6 +433,8 @@ class Scenario(_Model):
     signals: SignalsModel = SignalsModel()
     oem_profiles: dict[str, OEMProfile] = Field(default_factory=lambda: {"default": OEMProfile()})
     site: SiteModel = SiteModel()
+    control: ControlModel = ControlModel()
+    checks: ChecksModel | None = None
     #: where relative paths in the file are resolved (not part of the file)
     _base_dir: Path = PrivateAttr(default=Path("."))
 

@@ -59,9 +59,11 @@ def test_without_push_the_controller_polls_and_notices_plug_in_within_the_interv
     delay = (s.loc[needs, "first_charge_at"] - s.loc[needs, "arrival"]).dt.total_seconds()
     assert (delay > 0).all() and (delay <= 900 + 1e-6).all()
     reads = (r.events["kind"] == "command") & (r.events["detail"] == "read")
-    hours = (r.timeseries["slot_start"].iloc[-1] - r.timeseries["slot_start"].iloc[0]).total_seconds() / 3600
-    # one read per car per 15 minutes, give or take the first read and the horizon edge
-    assert reads.sum() == pytest.approx(30 * hours * 4, rel=0.02)
+    end = r.events["time"].max()
+    hours = 30 * (end - r.timeseries["slot_start"].iloc[0]).total_seconds() / 3600
+    plugged_h = ((s["departure"] - s["arrival"]).dt.total_seconds() / 3600).sum()
+    # one read per car per 15 minutes while unplugged, per 30 minutes while plugged in
+    assert reads.sum() == pytest.approx(4 * (hours - plugged_h) + 2 * plugged_h, rel=0.03)
 
 
 def test_replayed_sessions_run_as_given(tmp_path):

@@ -7,7 +7,7 @@ Two sources of charging sessions, both producing the same two tables:
 
 ``vehicles`` (one row per car): ``vehicle_id``, ``group``, ``model``, ``battery_kwh``,
 ``max_ac_kw``, ``efficiency``, ``taper_knee_soc``, ``taper_floor_kw``, ``charger_kw``,
-``consumption_kwh_per_km``, ``target_soc``, ``min_soc``, ``ready_by`` (declared daily time,
+``consumption_kwh_per_km``, ``ignores_stop``, ``target_soc``, ``min_soc``, ``ready_by`` (declared daily time,
 ``HH:MM`` UTC), ``oem`` (profile name).
 
 ``sessions`` (one row per plug-in, ordered by vehicle then arrival): ``session_id``,
@@ -38,7 +38,8 @@ SESSION_COLUMNS = [
 ]
 VEHICLE_COLUMNS = [
     "vehicle_id", "group", "model", "battery_kwh", "max_ac_kw", "efficiency", "taper_knee_soc",
-    "taper_floor_kw", "charger_kw", "consumption_kwh_per_km", "target_soc", "min_soc", "ready_by", "oem",
+    "taper_floor_kw", "charger_kw", "consumption_kwh_per_km", "ignores_stop", "target_soc", "min_soc",
+    "ready_by", "oem",
 ]
 
 # A car that arrives is plugged in for at least this long; draws that would leave sooner are
@@ -109,6 +110,7 @@ def _generate_group(g: FleetGroup, start: pd.Timestamp, days: int,
             "taper_floor_kw": g.vehicle.taper_floor_kw,
             "charger_kw": g.charger.max_kw,
             "consumption_kwh_per_km": g.vehicle.consumption_kwh_per_km,
+            "ignores_stop": g.vehicle.ignores_stop,
             "target_soc": g.preferences.target_soc,
             "min_soc": g.preferences.min_soc,
             "ready_by": _hhmm(ready_min),
@@ -136,6 +138,8 @@ def _generate_group(g: FleetGroup, start: pd.Timestamp, days: int,
     ready_t = ready_min[car]
     ready = arrival.normalize() + pd.to_timedelta(ready_t, unit="min")
     ready = ready.where(ready > arrival, ready + pd.Timedelta(days=1))
+    if b.departs_at_ready_by:
+        departure = ready
 
     first = np.r_[True, car[1:] != car[:-1]] if len(car) else np.zeros(0, bool)
     prev_day = np.r_[-1, day[:-1]]
@@ -311,6 +315,7 @@ def read_sessions_csv(path: str | Path, replay: SessionReplay) -> tuple[pd.DataF
             "taper_floor_kw": np.minimum(vm.taper_floor_kw, per_vehicle["_max_kw"].to_numpy()),
             "charger_kw": replay.charger.max_kw,
             "consumption_kwh_per_km": vm.consumption_kwh_per_km,
+            "ignores_stop": vm.ignores_stop,
             "target_soc": per_vehicle["target_soc"].to_numpy(),
             "min_soc": per_vehicle["min_soc"].to_numpy(),
             "ready_by": [f"{t:%H:%M}" for t in per_vehicle["ready_by"]],

@@ -8,23 +8,11 @@ finished calls) or until the controller's ``wake_at``.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
 from typing import Any
 
 import simpy
 
-from twin.controller import (
-    Action,
-    CallFailed,
-    CallSucceeded,
-    Controller,
-    Event,
-    Read,
-    StartCharging,
-    StopCharging,
-    Telemetry,
-    Wake,
-)
+from twin.controller import Action, CallFailed, CallSucceeded, Controller, Event, Telemetry
 from twin.oem import OEMAdapter, OEMError, VehicleReading
 from twin.sim.clock import SimClock, drive
 
@@ -59,7 +47,7 @@ class SimDriver:
             wake.succeed()
 
     def _on_push(self, reading: VehicleReading) -> None:
-        self.log.append((self.env.now, reading.vehicle_id, "telemetry", _describe(reading)))
+        self.log.append((self.env.now, reading.vehicle_id, "telemetry", reading.describe()))
         self.deliver(Telemetry(reading))
 
     # -- the loop -----------------------------------------------------------------------------
@@ -101,9 +89,11 @@ class SimDriver:
     # -- actions ------------------------------------------------------------------------------
 
     def _execute(self, action: Action) -> None:
+        if action.method is None:
+            self.log.append((self.env.now, action.vehicle_id, "notification", action.describe()))
+            return
         self.log.append((self.env.now, action.vehicle_id, "command", action.kind))
-        adapter = self.adapters[action.vehicle_id]
-        coro = _call(adapter, action)
+        coro = getattr(self.adapters[action.vehicle_id], action.method)(action.vehicle_id)
         try:
             first = coro.send(None)
         except StopIteration as stop:
@@ -124,20 +114,3 @@ class SimDriver:
             self.deliver(CallFailed(action, error))
         else:
             raise error
-
-
-def _call(adapter: OEMAdapter, action: Action) -> Coroutine[Any, Any, Any]:
-    if isinstance(action, Read):
-        return adapter.read(action.vehicle_id)
-    if isinstance(action, StartCharging):
-        return adapter.start_charging(action.vehicle_id)
-    if isinstance(action, StopCharging):
-        return adapter.stop_charging(action.vehicle_id)
-    if isinstance(action, Wake):
-        return adapter.wake(action.vehicle_id)
-    raise TypeError(f"the driver cannot execute {action!r}")
-
-
-def _describe(r: VehicleReading) -> str:
-    soc = "?" if r.soc is None else f"{r.soc:.4f}"
-    return f"soc={soc} plugged={int(r.plugged_in)} charging={int(r.charging)}"

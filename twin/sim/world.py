@@ -12,6 +12,7 @@ segments afterwards (:mod:`twin.results`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -32,7 +33,7 @@ class Car:
     __slots__ = (
         "index", "vehicle_id", "curve", "autostart",
         "soc", "t", "plugged", "charging", "limit", "session",
-        "seg_t0", "seg_soc0",
+        "seg_t0", "seg_soc0", "last_charge_end",
     )
 
     def __init__(self, index: int, vehicle_id: str, curve: ChargeCurve, soc: float, autostart: bool) -> None:
@@ -48,6 +49,7 @@ class Car:
         self.session = -1
         self.seg_t0 = 0.0
         self.seg_soc0 = 0.0
+        self.last_charge_end = -math.inf
 
 
 class World:
@@ -89,6 +91,7 @@ class World:
 
     def _end_segment(self, car: Car, t: float) -> None:
         car.charging = False
+        car.last_charge_end = t
         if t > car.seg_t0:
             self.segments.append((car.index, car.session, car.seg_t0, t, car.seg_soc0, car.soc))
 
