@@ -1,13 +1,15 @@
-"""Twin speed: simulated vehicle-days per wall second, uncontrolled, 7 days.
+"""Twin speed: simulated vehicle-days per wall second, 7 days.
 
-Runs the full twin (behaviour, SimulatedOEM, controller through the SimPy driver, results) at
-1,000 and 10,000 cars, and side by side a baseline on the same sessions: the textbook design
-of one SimPy process per car stepping every 15 minutes (the performance reference's slow
-column). Machines are noisy, so the ratio to that baseline is the figure to compare between
-runs; the target is >= 20,000 vehicle-days/s at 10,000 cars.
+Runs the full twin (behaviour, SimulatedOEM, controller through the SimPy driver, results)
+uncontrolled at 1,000 and 10,000 cars, and side by side a baseline on the same sessions: the
+textbook design of one SimPy process per car stepping every 15 minutes (the performance
+reference's slow column). Then the ``smart`` policy at 1,000 cars (a plan per plug-in and
+re-plans), reported against the uncontrolled run of the same fleet. Machines are noisy, so the
+ratios are the figures to compare between runs; the target is >= 20,000 vehicle-days/s
+uncontrolled at 10,000 cars.
 
-    python bench/twin_speed.py            # 1k and 10k cars
-    python bench/twin_speed.py --quick    # 1k only, fewer repeats
+    python bench/twin_speed.py            # 1k and 10k cars, smart at 1k
+    python bench/twin_speed.py --quick    # 1k only, one repeat
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ def main() -> None:
         note = f"{ok} (>= {TARGET_VD_PER_S:,})" if cars == 10_000 else ""
         print(f"{cars:>7,} {vd:>12,} {twin_s:>8.2f} {vd / twin_s:>10,.0f} {base_s:>10.2f} "
               f"{vd / base_s:>13,.0f} {base_s / twin_s:>7.1f}x  {note}")
+        if cars == 1_000:
+            uncontrolled_1k = twin_s
+    sc = scenario(1_000)
+    smart = simulate(sc, "smart")
+    vd = 1_000 * sc.days
+    print(f"\nsmart, 1,000 cars x 7 days: {smart.wall_seconds:.2f} s = {vd / smart.wall_seconds:,.0f} vehicle-days/s "
+          f"({smart.wall_seconds / uncontrolled_1k:.0f}x the uncontrolled run; {smart.kpis['plans']:,} plans "
+          f"for {smart.kpis['sessions']:,} sessions)")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class Fixed:
         for t in tracks:
             starts = tuple(T0 + timedelta(hours=h) for h in range(14))
             t.plan = SessionPlan(starts, tuple(7 <= h < 11 for h in range(14)), T0 + timedelta(hours=14), 0.8)
+        return tracks
 
     def wants_charging(self, now, track):
         return track.plan is not None and track.plan.on_at(now)

@@ -19,8 +19,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from twin.controller import Action, CallFailed, CallSucceeded, Controller, Event, Telemetry
-from twin.oem import OEMAdapter, OEMError, VehicleReading
+from twin.controller import Action, Controller
+from twin.host import Host
+from twin.oem import OEMAdapter, OEMError
 from twin.results import SimulationResult
 from twin.scenario import Scenario
 
@@ -94,10 +95,15 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return self._virtual
 
     def advance(self, seconds: float) -> None:
-        self._virtual += seconds
+        target = self._virtual + seconds
+        scheduled = getattr(self, "_scheduled", None)  # asyncio's timer heap
+        if scheduled:
+            # land exactly on the next timer: summing timeouts would drift by float rounding
+            target = max(self._virtual, scheduled[0].when())
+        self._virtual = target
 
 
-class AsyncDriver:
+class AsyncDriver(Host):
     """Runs ``controller`` against ``adapters`` (vehicle id -> its OEM head) on asyncio.
 
     ``log`` (optional) receives ``(seconds, vehicle_id, kind, detail)`` rows like the twin's
@@ -107,26 +113,19 @@ class AsyncDriver:
     def __init__(self, controller: Controller, adapters: dict[str, OEMAdapter], clock: AsyncClock,
                  log: list[tuple[float, str, str, str]] | None = None,
                  on_notify: Callable[[Action], None] | None = None) -> None:
-        self.controller = controller
-        self.adapters = adapters
         self.clock = clock
-        self.log = log if log is not None else []
-        self.on_notify = on_notify
-        self.inbox: list[Event] = []
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.steps = 0
-        for adapter in {id(a): a for a in adapters.values()}.values():
-            adapter.subscribe(self._on_push)
+        super().__init__(controller, adapters, log, on_notify)
 
-    def deliver(self, event: Event) -> None:
-        """Hand an event to the controller (webhooks, the driver app, forecast feeds)."""
-        self.inbox.append(event)
+    def _seconds(self) -> float:
+        return self.clock.seconds
+
+    def _now(self) -> datetime:
+        return self.clock.now()
+
+    def _wake_up(self) -> None:
         self._ready.set()
-
-    def _on_push(self, reading: VehicleReading) -> None:
-        self.log.append((self.clock.seconds, reading.vehicle_id, "telemetry", reading.describe()))
-        self.deliver(Telemetry(reading))
 
     async def run(self, until_s: float | None = None) -> None:
         """Run the loop until ``until_s`` seconds after the clock's start (forever if None)."""
@@ -149,35 +148,18 @@ class AsyncDriver:
         for task in list(self._tasks):
             task.cancel()
 
-    def _step(self) -> None:
-        events, self.inbox = self.inbox, []
-        self.steps += 1
-        for action in self.controller.step(self.clock.now(), events):
-            self._execute(action)
-
-    def _execute(self, action: Action) -> None:
-        now = self.clock.seconds
-        if action.method is None:
-            self.log.append((now, action.vehicle_id, "notification", action.describe()))
-            if self.on_notify is not None:
-                self.on_notify(action)
-            return
-        self.log.append((now, action.vehicle_id, "command", action.kind))
-        task = asyncio.get_running_loop().create_task(self._call(action))
+    def _start_call(self, action: Action) -> None:
+        task = asyncio.get_running_loop().create_task(self._perform(action))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, action: Action) -> None:
-        adapter = self.adapters[action.vehicle_id]
+    async def _perform(self, action: Action) -> None:
         try:
-            value = await getattr(adapter, action.method)(action.vehicle_id)
+            value = await self._call(action)
         except OEMError as exc:
-            self.log.append((self.clock.seconds, action.vehicle_id, "result",
-                             f"{action.kind} failed: {type(exc).__name__}: {exc}"))
-            self.deliver(CallFailed(action, exc))
+            self._done(action, None, exc)
             return
-        self.log.append((self.clock.seconds, action.vehicle_id, "result", f"{action.kind} ok"))
-        self.deliver(CallSucceeded(action, value if isinstance(value, VehicleReading) else None))
+        self._done(action, value, None)
 
 
 def simulate_async(scenario: Scenario | str | Path | dict[str, Any], policy: str | None = None, *,

@@ -241,6 +241,15 @@ class SessionPlan:
                 return self.starts[i]
         return self.end if current and now < self.end else None
 
+    def on_since(self, now: datetime) -> datetime | None:
+        """Start of the run of on-slots that contains ``now`` (None if the plan is off now)."""
+        i = bisect_right(self.starts, now) - 1
+        if not (0 <= i < len(self.on)) or not self.on[i] or now >= self.end:
+            return None
+        while i > 0 and self.on[i - 1]:
+            i -= 1
+        return self.starts[i]
+
     @property
     def charge_start_at(self) -> datetime | None:
         for start, on in zip(self.starts, self.on):
@@ -262,9 +271,9 @@ class VehicleTrack:
         "session_started", "deadline", "plan", "escalated", "disobeyed", "notified",
         # calls
         "pending", "attempts", "not_before", "needs_wake", "needs_auth", "read_due", "check_at",
-        "retry_kind",
-        # last acknowledged command awaiting verification: (charging expected, issued at)
-        "expect", "replan",
+        "retry_kind", "change_at",
+        # last acknowledged command awaiting verification: (charging expected, at, SoC then)
+        "expect", "disobeyed_at",
     )
 
     def __init__(self, vehicle_id: str, curve: ChargeCurve, preferences: Preferences, pushes: bool):
@@ -297,8 +306,11 @@ class VehicleTrack:
         self.check_at: datetime | None = None
         #: kind of the command that last failed or was not obeyed (its re-send is a retry)
         self.retry_kind: str | None = None
-        self.expect: tuple[bool, datetime] | None = None
-        self.replan = False
+        #: when a timer is set for the plan's next switch
+        self.change_at: datetime | None = None
+        self.expect: tuple[bool, datetime, float | None] | None = None
+        #: when the car was first seen charging against an acknowledged stop this session
+        self.disobeyed_at: datetime | None = None
 
     @property
     def target(self) -> float:
@@ -333,8 +345,12 @@ class Policy(Protocol):
 
     name: str
 
-    def replan(self, now: datetime, tracks: Sequence[VehicleTrack], fleet: Sequence[VehicleTrack]) -> None:
-        """(Re)compute ``track.plan`` for ``tracks``; ``fleet`` is every plugged-in car."""
+    def replan(self, now: datetime, tracks: Sequence[VehicleTrack],
+               fleet: Sequence[VehicleTrack]) -> Sequence[VehicleTrack]:
+        """(Re)compute ``track.plan`` for ``tracks``; ``fleet`` is every plugged-in car.
+
+        Returns the tracks whose plans it set (it may re-plan others of ``fleet`` too).
+        """
         ...
 
     def wants_charging(self, now: datetime, track: VehicleTrack) -> bool: ...
@@ -355,8 +371,8 @@ class Uncontrolled:
 
     name = "uncontrolled"
 
-    def replan(self, now, tracks, fleet) -> None:
-        return None
+    def replan(self, now, tracks, fleet):
+        return ()
 
     def wants_charging(self, now: datetime, track: VehicleTrack) -> bool:
         return track.plugged_in and track.needs_charge(now)
@@ -397,11 +413,38 @@ class ControllerConfig:
     # Re-plan when a reading differs from the estimate by more than this (SoC fraction): above
     # the 1 % reporting step of most clouds plus estimation error over an hour.
     replan_soc_deviation: float = 0.03
+    # A car that disobeyed a stop and cannot be confirmed stopped this long afterwards (reads
+    # failing, quota exhausted) is escalated anyway: it may be charging against the plan.
+    escalate_within_s: float = 1800.0
+    # A start that lands this much after its slot began has cost charge the plan counted on.
+    replan_late_s: float = 120.0
     # One check read this long before the deadline catches a plan that is falling behind.
     check_before_deadline_s: float = 3600.0
     # Tell the driver again when the start time moves by this much or the expected SoC by 5 %.
     notify_shift_s: float = 1800.0
     notify_soc_shift: float = 0.05
+
+
+class _Fleet(Sequence[VehicleTrack]):
+    """The plugged-in cars, sorted by id, built only if a policy looks at them."""
+
+    def __init__(self, tracks: dict[str, VehicleTrack], ids: set[str]) -> None:
+        self._tracks, self._ids = tracks, ids
+        self._list: list[VehicleTrack] | None = None
+
+    def _items(self) -> list[VehicleTrack]:
+        if self._list is None:
+            self._list = [self._tracks[v] for v in sorted(self._ids)]
+        return self._list
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._items()[i]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self):
+        return iter(self._items())
 
 
 class Controller:
@@ -415,6 +458,9 @@ class Controller:
         self._seq = itertools.count()
         self._dirty: set[str] = set()
         self._replan_all = False
+        #: plugged-in cars with a session, and those of them waiting to be (re)planned
+        self._plugged: set[str] = set()
+        self._to_plan: set[str] = set()
         self._escalations: list[str] = []
         #: counters for KPIs: what happened to commands and cars
         self.stats = {
@@ -446,6 +492,12 @@ class Controller:
         timers = self._timers
         while timers and timers[0][0] <= now:
             self._dirty.add(heapq.heappop(timers)[2])
+        for vid in self._dirty:
+            track = self.tracks[vid]
+            unconfirmed = track.charging or (track.expect is not None and not track.expect[0])
+            if (track.disobeyed_at is not None and not track.escalated and unconfirmed
+                    and (now - track.disobeyed_at).total_seconds() >= self.config.escalate_within_s):
+                self._escalate(track)  # could not confirm it stopped: assume it did not
         actions: list[Action] = []
         self._plan(now, actions)
         dirty, self._dirty = self._dirty, set()
@@ -469,7 +521,7 @@ class Controller:
             track.preferences = event.preferences
             if track.plugged_in and track.session_started is not None:
                 track.deadline = event.preferences.deadline(track.session_started)
-                track.replan = True
+                self._to_plan.add(track.vehicle_id)
             self._dirty.add(track.vehicle_id)
         elif isinstance(event, ForecastUpdated):
             if self.policy.on_forecast(now, event):
@@ -499,7 +551,12 @@ class Controller:
                 self.stats["commands_unverified"] += 1  # superseded before it was checked
             track._anchor(now)
             track.charging = want
-            track.expect = (want, now)
+            track.expect = (want, now, track.est_soc)
+            if want and track.plan is not None:
+                # charging started later than planned (failures, wake-ups): plan the rest again
+                on_since = track.plan.on_since(now)
+                if on_since is not None and (now - on_since).total_seconds() > self.config.replan_late_s:
+                    self._to_plan.add(track.vehicle_id)
             self._read_at(track, now + timedelta(seconds=self.config.verify_after_s))
         if event.reading is not None:
             self._observe(now, event.reading)
@@ -542,11 +599,13 @@ class Controller:
         # verification: only a reading taken after the command can judge it
         expect = track.expect
         if expect is not None and reading.taken_at >= expect[1] and reading.plugged_in:
-            self._verify(now, track, reading, expect[0])
+            self._verify(now, track, reading, expect[0], expect[2])
         elif track.plugged_in and reading.plugged_in and reading.soc is not None and track.plan is not None:
             estimate = track.soc_estimate(reading.taken_at)
             if estimate is not None and abs(reading.soc - estimate) > self.config.replan_soc_deviation:
-                track.replan = True
+                self._to_plan.add(track.vehicle_id)
+        if track.check_at is not None and reading.taken_at >= track.check_at:
+            track.check_at = None
         track.plugged_in = reading.plugged_in
         track.charging = reading.charging
         track.soc_at = reading.taken_at
@@ -557,13 +616,29 @@ class Controller:
             interval = self.config.plugged_poll_interval_s if track.plugged_in else self.config.poll_interval_s
             self._read_at(track, now + timedelta(seconds=interval))
 
-    def _verify(self, now: datetime, track: VehicleTrack, reading: VehicleReading, expected: bool) -> None:
+    def _verify(self, now: datetime, track: VehicleTrack, reading: VehicleReading, expected: bool,
+                soc_then: float | None) -> None:
         track.expect = None
         if track.pushes:
             track.read_due = None
+        # SoC moved by more than one 1 % reporting step (plus slack): the car charged meanwhile
+        charged_since = reading.soc is not None and soc_then is not None and reading.soc > soc_then + 0.011
+        if not expected and (reading.charging or charged_since):
+            # acknowledged "stop", still charging (or charged on and has since stopped at its limit)
+            track.retry_kind = "stop"
+            track.disobeyed += 1
+            self.stats["disobeyed"] += 1
+            if track.disobeyed_at is None:
+                track.disobeyed_at = now
+                self._at(now + timedelta(seconds=self.config.escalate_within_s), track.vehicle_id)
+            if track.disobeyed >= self.config.escalate_after:
+                self._escalate(track)
+            return
         if reading.charging == expected:
             self.stats["commands_verified"] += 1
             track.retry_kind = None
+            if not expected:
+                track.disobeyed_at = None
             return
         # a reported SoC within one 1 % reporting step of the limit counts as full
         full = reading.soc is not None and reading.soc >= track.limit - max(SOC_TOLERANCE, 0.011)
@@ -571,16 +646,16 @@ class Controller:
             self.stats["commands_verified"] += 1  # it started, then stopped at its limit
             track.retry_kind = None
             return
-        track.retry_kind = "start" if expected else "stop"
-        if not expected:
-            # acknowledged "stop", still charging
-            track.disobeyed += 1
-            self.stats["disobeyed"] += 1
-            if track.disobeyed >= self.config.escalate_after and not track.escalated:
-                track.escalated = True
-                self.stats["escalations"] += 1
-                self._escalations.append(track.vehicle_id)
-                track.replan = True
+        track.retry_kind = "start"
+
+    def _escalate(self, track: VehicleTrack) -> None:
+        """Record a car that will not obey: notify, and plan it as uncontrollable from now on."""
+        if track.escalated:
+            return
+        track.escalated = True
+        self.stats["escalations"] += 1
+        self._escalations.append(track.vehicle_id)
+        self._to_plan.add(track.vehicle_id)
 
     def _session_start(self, now: datetime, track: VehicleTrack, reading: VehicleReading) -> None:
         track.session_started = reading.taken_at
@@ -589,9 +664,11 @@ class Controller:
         track.plan = None
         track.escalated = False
         track.disobeyed = 0
+        track.disobeyed_at = None
         track.notified = None
         track.expect = None
-        track.replan = True
+        self._plugged.add(track.vehicle_id)
+        self._to_plan.add(track.vehicle_id)
         track.retry_kind = None
         track.check_at = None
 
@@ -604,7 +681,8 @@ class Controller:
         track.expect = None
         track.read_due = None if track.pushes else track.read_due
         track.check_at = None
-        track.replan = False
+        self._plugged.discard(track.vehicle_id)
+        self._to_plan.discard(track.vehicle_id)
         if track.preferences.ready_by_at is not None:
             # the one-off ready-by applied to the session that just ended
             p = track.preferences
@@ -613,21 +691,17 @@ class Controller:
     # -- planning -----------------------------------------------------------------------------
 
     def _plan(self, now: datetime, actions: list[Action]) -> None:
-        plugged = [t for t in self.tracks.values() if t.plugged_in and t.deadline is not None]
         if self._replan_all:
             self._replan_all = False
-            for t in plugged:
-                t.replan = True
-        todo = [t for t in plugged if t.replan]
-        if todo:
-            todo.sort(key=lambda t: t.vehicle_id)
-            self.policy.replan(now, todo, plugged)
-            self.stats["replans"] += len(todo)
-            for t in todo:
-                t.replan = False
-                change = self.policy.next_change(now, t)
-                if change is not None:
-                    self._at(change, t.vehicle_id)
+            self._to_plan |= self._plugged
+        if self._to_plan:
+            todo = [self.tracks[v] for v in sorted(self._to_plan)]
+            self._to_plan.clear()
+            plugged = _Fleet(self.tracks, self._plugged)
+            planned = self.policy.replan(now, todo, plugged)
+            self.stats["replans"] += len(planned)
+            for t in sorted({*todo, *planned}, key=lambda x: x.vehicle_id):
+                self._follow(now, t)
                 if t.pushes and t.plan is not None and t.check_at is None and t.deadline is not None:
                     check = t.deadline - timedelta(seconds=self.config.check_before_deadline_s)
                     if check > now:
@@ -657,6 +731,13 @@ class Controller:
                               charge_start_at=start, expected_soc=soc, ready_by=track.deadline))
         self.stats["notifications"] += 1
 
+    def _follow(self, now: datetime, track: VehicleTrack) -> None:
+        """Keep a timer at the plan's next switch on or off."""
+        change = self.policy.next_change(now, track)
+        if change is not None and change != track.change_at:
+            track.change_at = change
+            self._at(change, track.vehicle_id)
+
     # -- decisions ----------------------------------------------------------------------------
 
     def _decide(self, now: datetime, track: VehicleTrack) -> Action | None:
@@ -671,10 +752,11 @@ class Controller:
         if track.soc_at is None or (track.read_due is not None and now >= track.read_due):
             return self._issue(track, Read(track.vehicle_id))
         if track.check_at is not None and now >= track.check_at:
-            track.check_at = None
-            return self._issue(track, Read(track.vehicle_id))
+            return self._issue(track, Read(track.vehicle_id))  # cleared by the reading
         if not track.plugged_in:
             return None
+        if track.plan is not None:
+            self._follow(now, track)
         if track.expect is not None:
             return None  # wait for the verdict on the last command
         charging = track.charging and track.below_limit(now)

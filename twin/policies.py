@@ -28,12 +28,28 @@ from math import ceil, floor
 import numpy as np
 import pandas as pd
 
+from twin.battery import ChargeCurve
 from twin.controller import SOC_TOLERANCE, ForecastUpdated, SessionPlan, VehicleTrack
 from twin.scheduler import FleetProblem, solve
 
-__all__ = ["ControlParams", "PriceBook", "Smart", "Optimal", "PlanFollower"]
+__all__ = ["ControlParams", "PriceBook", "Smart", "Optimal", "PlanFollower", "expected_kw", "block_full_slots"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# A slot the feeder cannot take the car in is priced out of the plan. The price must beat the
+# scheduler's shortfall penalty (100 GBP/kWh by default): missing the target is better than
+# overloading the site.
+BLOCKED_PRICE_GBP_PER_KWH = 1e4
+
+
+def block_full_slots(price: np.ndarray, residual_kw: np.ndarray, max_kw: float) -> np.ndarray:
+    """Prices for an on/off car that may only charge where ``residual_kw`` fits its power.
+
+    An on/off car draws its full power or nothing, so a slot with less headroom than that is
+    off limits: planning it at a prohibitive price is exact for one car.
+    """
+    return np.where(residual_kw + 1e-9 >= max_kw, price, BLOCKED_PRICE_GBP_PER_KWH)
+
+
 # Persistence forecast: beyond the published horizon, assume a slot costs what the same slot
 # did this many days earlier (the first one known), the usual naive forecast for day-ahead
 # prices and carbon intensity.
@@ -60,9 +76,11 @@ class PriceBook:
         self._carbon: dict[int, float] = {}
 
     def update(self, frame: pd.DataFrame) -> None:
-        keys = ((frame.index - pd.Timestamp(_EPOCH)) // pd.Timedelta(seconds=1)).to_numpy()
-        self._price.update(zip(keys.tolist(), frame["price_gbp_per_kwh"].to_numpy().tolist()))
-        self._carbon.update(zip(keys.tolist(), frame["carbon_g_per_kwh"].to_numpy().tolist()))
+        """Take the known (non-NaN) values of a forecast frame (see ``ForecastUpdated``)."""
+        keys = ((frame.index - pd.Timestamp(_EPOCH)) // pd.Timedelta(seconds=1)).to_numpy().tolist()
+        for table, column in ((self._price, "price_gbp_per_kwh"), (self._carbon, "carbon_g_per_kwh")):
+            values = frame[column].to_numpy().tolist()
+            table.update((k, v) for k, v in zip(keys, values) if v == v)
 
     def series(self, first: datetime, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Expected price (GBP/kWh) and carbon (gCO2/kWh) for ``count`` slots from ``first``."""
@@ -128,18 +146,44 @@ class Smart(PlanFollower):
         self.book.update(event.frame)
         return True
 
-    def replan(self, now: datetime, tracks: Sequence[VehicleTrack], fleet: Sequence[VehicleTrack]) -> None:
-        tracks = [t for t in tracks if t.deadline is not None and t.deadline > now and t.soc_estimate(now) is not None]
+    def replan(self, now: datetime, tracks: Sequence[VehicleTrack],
+               fleet: Sequence[VehicleTrack]) -> Sequence[VehicleTrack]:
+        tracks = [t for t in tracks if self._plannable(now, t)]
         if not tracks:
-            return
+            return []
         if self.feeder_kw is None:
             self._plan(now, tracks, None)
-            return
-        # one car at a time against what the others leave free
-        chosen = {t.vehicle_id for t in tracks}
-        for t in tracks:
-            others = [o for o in fleet if o.vehicle_id != t.vehicle_id and (o.vehicle_id not in chosen or o.plan)]
+            return tracks
+        # One car at a time against the headroom the others leave, least slack first. If a car
+        # cannot be fitted, the whole site is re-planned in that order, so cars that plugged in
+        # early do not keep cheap slots a more urgent car needs.
+        done = self._sequential(now, sorted(tracks, key=lambda t: self._slack(now, t)), fleet)
+        short = any(t.plan is not None and t.plan.expected_soc < t.target - SOC_TOLERANCE for t in done)
+        if short and len(fleet) > len(done):
+            everyone = [t for t in fleet if self._plannable(now, t)]
+            for t in everyone:
+                t.plan = None
+            done = self._sequential(now, sorted(everyone, key=lambda t: self._slack(now, t)), fleet)
+        return done
+
+    @staticmethod
+    def _plannable(now: datetime, t: VehicleTrack) -> bool:
+        return t.deadline is not None and t.deadline > now and t.soc_estimate(now) is not None and not t.escalated
+
+    @staticmethod
+    def _slack(now: datetime, t: VehicleTrack) -> float:
+        """Hours to spare if the car charged flat out from now."""
+        hours = t.curve.hours_to(t.soc_estimate(now) or 0.0, t.target)
+        return (t.deadline - now).total_seconds() / 3600.0 - hours
+
+    def _sequential(self, now: datetime, order: list[VehicleTrack],
+                    fleet: Sequence[VehicleTrack]) -> list[VehicleTrack]:
+        pending = {t.vehicle_id for t in order}
+        for t in order:
+            pending.discard(t.vehicle_id)
+            others = [o for o in fleet if o.vehicle_id != t.vehicle_id and o.vehicle_id not in pending]
             self._plan(now, [t], others)
+        return order
 
     def _grid(self, now: datetime, end: datetime) -> tuple[datetime, int]:
         slot_s = self.slot.total_seconds()
@@ -152,14 +196,13 @@ class Smart(PlanFollower):
         first, count = self._grid(now, max(t.deadline for t in tracks))
         price, carbon = self.book.series(first, count)
         slot_s = self.slot.total_seconds()
-        feeder = None
+        c = [t.curve for t in tracks]
         if others is not None:
-            feeder = np.full(count, float(self.feeder_kw))
+            residual = np.full(count, float(self.feeder_kw))
             starts = [first + i * self.slot for i in range(count)]
             for o in others:
-                feeder -= _planned_kw(o, now, starts, self.slot)
-            feeder = np.maximum(feeder, 0.0)
-        c = [t.curve for t in tracks]
+                residual -= _planned_kw(o, now, starts, self.slot)
+            price = np.stack([block_full_slots(price, residual, x.max_kw) for x in c])
         problem = FleetProblem(
             slot_hours=slot_s / 3600.0,
             battery_kwh=[x.battery_kwh for x in c],
@@ -176,7 +219,6 @@ class Smart(PlanFollower):
             price_gbp_per_kwh=price,
             carbon_g_per_kwh=carbon,
             carbon_weight_gbp_per_kg=self.params.carbon_weight_gbp_per_kg,
-            feeder_kw=feeder,
             mode="onoff",
             start_penalty_gbp=self.params.start_penalty_gbp,
             min_run_slots=self.params.min_run_slots,
@@ -191,23 +233,35 @@ class Smart(PlanFollower):
             t.plan = SessionPlan(starts, tuple(bool(v) for v in on), end, float(plan.soc_at_end[i]))
 
 
-def _planned_kw(track: VehicleTrack, now: datetime, starts: list[datetime], slot: timedelta) -> np.ndarray:
-    """Power a car is expected to draw per slot: its plan, or flat out if uncontrollable."""
-    out = np.zeros(len(starts))
-    if not track.plugged_in:
-        return out
-    kw = track.curve.max_kw
-    if track.escalated or (track.plan is None and track.charging):
-        soc = track.soc_estimate(now) or 0.0
-        hours = track.curve.hours_to(soc, track.limit)
-        done = now + timedelta(hours=min(hours, 1e4))
-        for i, s in enumerate(starts):
-            out[i] = kw if s < done else 0.0
-        return out
-    if track.plan is not None:
-        for i, s in enumerate(starts):
-            out[i] = kw if track.plan.on_at(s + slot / 2) else 0.0
+def expected_kw(curve: ChargeCurve, soc: float, limit: float, on: Sequence[bool],
+                available_h: Sequence[float], slot_h: float) -> np.ndarray:
+    """Average power (kW) a car draws per slot when switched on in ``on`` slots.
+
+    It charges along its curve for ``available_h`` hours of each on-slot and stops at
+    ``limit``, so once it is expected to be full it stops counting.
+    """
+    out = np.zeros(len(on))
+    kwh_per_soc = curve.battery_kwh / curve.efficiency
+    for i, (is_on, hours) in enumerate(zip(on, available_h)):
+        if soc >= limit - SOC_TOLERANCE:
+            break
+        if is_on and hours > 0:
+            after = min(limit, curve.soc_after(soc, hours))
+            out[i] = (after - soc) * kwh_per_soc / slot_h
+            soc = after
     return out
+
+
+def _planned_kw(track: VehicleTrack, now: datetime, starts: list[datetime], slot: timedelta) -> np.ndarray:
+    """What another plugged-in car is expected to draw per slot: its plan, or flat out if it is
+    uncontrollable (escalated) or charging without a plan."""
+    flat_out = track.escalated or (track.plan is None and track.charging)
+    if not track.plugged_in or (not flat_out and track.plan is None):
+        return np.zeros(len(starts))
+    on = [flat_out or track.plan.on_at(s + slot / 2) for s in starts]
+    available = [max(0.0, (s + slot - max(s, now)).total_seconds() / 3600.0) for s in starts]
+    return expected_kw(track.curve, track.soc_estimate(now) or 0.0, track.limit, on, available,
+                       slot.total_seconds() / 3600.0)
 
 
 class Optimal(PlanFollower):
@@ -219,10 +273,13 @@ class Optimal(PlanFollower):
         self._plans = plans
         self._arrivals = arrivals
 
-    def replan(self, now: datetime, tracks: Sequence[VehicleTrack], fleet: Sequence[VehicleTrack]) -> None:
+    def replan(self, now: datetime, tracks: Sequence[VehicleTrack],
+               fleet: Sequence[VehicleTrack]) -> Sequence[VehicleTrack]:
         for t in tracks:
             arrivals = self._arrivals.get(t.vehicle_id, [])
-            # the session that started last at or before the plug-in we saw
-            seen = t.session_started or now
+            # the session that started last at or before the plug-in we saw (a second of slack
+            # absorbs time rounding between the table and the simulated clock)
+            seen = (t.session_started or now) + timedelta(seconds=1)
             k = max((i for i, a in enumerate(arrivals) if a <= seen), default=None)
             t.plan = self._plans[t.vehicle_id][k] if k is not None else None
+        return tracks

@@ -21,7 +21,8 @@ energy the car did not have before this session).
 ``plugged_in`` (cars plugged in at slot start), ``cost_gbp``.
 
 ``events`` — ``time`` (UTC), ``vehicle_id``, ``kind`` (``plug_in``, ``unplug``, ``telemetry``,
-``command``, ``result``), ``detail``.
+``command``, ``result``, ``notification``, and ``fault`` for ground truth the platform cannot
+see, such as a stop the car ignored), ``detail``.
 
 ``charging`` — one row per continuous charging segment: ``vehicle_id``, ``session_id``,
 ``start``, ``end`` (UTC), ``soc_start``, ``soc_end``, ``energy_kwh`` (grid). SoC rises along the
@@ -71,6 +72,7 @@ KPI_DESCRIPTIONS = {
     "oem_calls": "all OEM calls: reads, commands, wakes, token refreshes",
     "oem_calls_per_car_hour": "OEM calls per car per simulated hour",
     "notifications": "messages to drivers (plan at plug-in, plan changes, escalations)",
+    "plans": "charging plans computed (at plug-in and on every re-plan)",
 }
 
 
@@ -295,6 +297,7 @@ def build_result(
             "oem_calls": int(len(commands)),
             "oem_calls_per_car_hour": float(len(commands) / (len(vehicles) * hours)) if len(vehicles) else 0.0,
             "notifications": int((events["kind"] == "notification").sum()),
+            "plans": int(cstats.get("replans", 0)),
         }
     )
     return SimulationResult(scenario, policy, seed, kpis, out_sessions, ts, events, vehicles, charging)

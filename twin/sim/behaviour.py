@@ -132,8 +132,9 @@ def _generate_group(g: FleetGroup, start: pd.Timestamp, days: int,
     # a cycle whose plug-in falls before the scenario start (start not at midnight) is dropped
     plugs &= arrive_at >= start.to_datetime64()
     car, day = np.nonzero(plugs)  # row-major: by car, then day
-    arrival = pd.DatetimeIndex(arrive_at[car, day]).tz_localize("UTC")
-    departure = pd.DatetimeIndex(depart_at[car, day]).tz_localize("UTC")
+    # whole seconds, like recorded data (and exact as float seconds in the simulation)
+    arrival = pd.DatetimeIndex(arrive_at[car, day]).tz_localize("UTC").round("s")
+    departure = pd.DatetimeIndex(depart_at[car, day]).tz_localize("UTC").round("s")
     departure = departure.where(departure >= arrival + _MIN_DWELL, arrival + _MIN_DWELL)
     ready_t = ready_min[car]
     ready = arrival.normalize() + pd.to_timedelta(ready_t, unit="min")

@@ -8,47 +8,38 @@ finished calls) or until the controller's ``wake_at``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import simpy
 
-from twin.controller import Action, CallFailed, CallSucceeded, Controller, Event, Telemetry
-from twin.oem import OEMAdapter, OEMError, VehicleReading
+from twin.controller import Action, Controller
+from twin.host import Host
+from twin.oem import OEMAdapter, OEMError
 from twin.sim.clock import SimClock, drive
 
 __all__ = ["SimDriver"]
 
 
-class SimDriver:
+class SimDriver(Host):
     """Runs ``controller`` against ``adapters`` (vehicle id -> its OEM head) in SimPy time."""
 
     def __init__(self, env: simpy.Environment, clock: SimClock, controller: Controller,
                  adapters: dict[str, OEMAdapter], log: list[tuple[float, str, str, str]]) -> None:
         self.env = env
         self.clock = clock
-        self.controller = controller
-        self.adapters = adapters
-        self.log = log
-        self.inbox: list[Event] = []
-        self.steps = 0
         self._wake: simpy.Event | None = None
         self._timer_at: float | None = None
-        for adapter in {id(a): a for a in adapters.values()}.values():
-            adapter.subscribe(self._on_push)
+        super().__init__(controller, adapters, log)
         self.process = env.process(self._run())
 
-    # -- inputs -------------------------------------------------------------------------------
+    def _seconds(self) -> float:
+        return self.env.now
 
-    def deliver(self, event: Event) -> None:
-        """Hand an event to the controller at the current simulated time."""
-        self.inbox.append(event)
+    def _now(self):
+        return self.clock.now()
+
+    def _wake_up(self) -> None:
         wake = self._wake
         if wake is not None and not wake.triggered:
             wake.succeed()
-
-    def _on_push(self, reading: VehicleReading) -> None:
-        self.log.append((self.env.now, reading.vehicle_id, "telemetry", reading.describe()))
-        self.deliver(Telemetry(reading))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -65,12 +56,6 @@ class SimDriver:
             yield self._wake
             self._wake = None
 
-    def _step(self) -> None:
-        events, self.inbox = self.inbox, []
-        self.steps += 1
-        for action in self.controller.step(self.clock.now(), events):
-            self._execute(action)
-
     def _arm(self, at: float) -> None:
         """Make sure a timer fires at ``at`` (seconds); one timer per distinct time."""
         if self._timer_at is not None and self._timer_at <= at and self._timer_at > self.env.now:
@@ -82,20 +67,12 @@ class SimDriver:
     def _on_timer(self, _event: simpy.Event) -> None:
         if self._timer_at is not None and self._timer_at <= self.env.now:
             self._timer_at = None
-        wake = self._wake
-        if wake is not None and not wake.triggered:
-            wake.succeed()
+        self._wake_up()
 
-    # -- actions ------------------------------------------------------------------------------
-
-    def _execute(self, action: Action) -> None:
-        if action.method is None:
-            self.log.append((self.env.now, action.vehicle_id, "notification", action.describe()))
-            return
-        self.log.append((self.env.now, action.vehicle_id, "command", action.kind))
-        coro = getattr(self.adapters[action.vehicle_id], action.method)(action.vehicle_id)
+    def _start_call(self, action: Action) -> None:
+        coro = self._call(action)
         try:
-            first = coro.send(None)
+            first = coro.send(None)  # calls without latency complete here, at this instant
         except StopIteration as stop:
             self._done(action, stop.value, None)
             return
@@ -103,14 +80,3 @@ class SimDriver:
             self._done(action, None, exc)
             return
         self.env.process(drive(coro, first, lambda value, exc: self._done(action, value, exc)))
-
-    def _done(self, action: Action, value: Any, error: BaseException | None) -> None:
-        if error is None:
-            self.log.append((self.env.now, action.vehicle_id, "result", f"{action.kind} ok"))
-            self.deliver(CallSucceeded(action, value if isinstance(value, VehicleReading) else None))
-        elif isinstance(error, OEMError):
-            self.log.append((self.env.now, action.vehicle_id, "result",
-                             f"{action.kind} failed: {type(error).__name__}: {error}"))
-            self.deliver(CallFailed(action, error))
-        else:
-            raise error

@@ -121,6 +121,7 @@ class SimulatedOEM:
         if car.charging and (cloud.ignores_stop or self._draw(self.profile.ignore_stop_probability)):
             # acknowledged, not obeyed: the API says success and the car keeps charging
             self.stats["stops_ignored"] += 1
+            self._world.log.append((t, car.vehicle_id, "fault", "stop ignored"))
             return
         was = car.charging
         self._world.stop(car, t)

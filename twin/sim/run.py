@@ -110,9 +110,9 @@ def publications(scenario: Scenario, signals: Signals) -> list[tuple[datetime, p
     Each frame holds every future slot known at that time: prices up to the end of the latest
     published delivery day, carbon up to ``carbon_hours_ahead``; NaN where not (yet) known.
     """
-    frame = signals.frame.rename(
+    frame = signals.frame[["price_forecast_gbp_per_kwh", "carbon_forecast_g_per_kwh"]].rename(
         columns={"price_forecast_gbp_per_kwh": "price_gbp_per_kwh", "carbon_forecast_g_per_kwh": "carbon_g_per_kwh"}
-    )[["price_gbp_per_kwh", "carbon_g_per_kwh"]]
+    )
     t0 = pd.Timestamp(signals.start)
     pub = scenario.signals.publication
     if pub is None:
@@ -240,7 +240,7 @@ def make_policy(name: str, scenario: Scenario, vehicles: pd.DataFrame, sessions:
         plans.setdefault(vid, []).append(
             SessionPlan(starts, tuple(best.on[row].tolist()), end, float(best.summary["soc_at_end"].iloc[row]))
         )
-        arrivals.setdefault(vid, []).append(arrival.to_pydatetime())
+        arrivals.setdefault(vid, []).append(arrival.to_pydatetime(warn=False))
     return Optimal(plans, arrivals)
 
 

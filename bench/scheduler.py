@@ -1,0 +1,123 @@
+"""Scheduler benchmark: fast exact paths against their baselines, run side by side.
+
+    python bench/scheduler.py            # full run (a few minutes: Pyomo at 10k is the long pole)
+    python bench/scheduler.py --quick    # smoke run on small fleets
+
+Instances come from :func:`twin.scheduler.example_fleet` with fixed seeds: 96 fifteen-minute
+slots, an Agile-like shared price, plug-in 18:00 +- 2 h, ready-by 07:00 +- 1 h, 40-100 kWh,
+7-11 kW, a taper from SoC 0.8 (so cars aiming above it have a binding taper) and, for the
+feeder cases, a flat limit that the independent optimum exceeds in ten slots. Each fast answer
+is checked against its baseline's objective to 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from twin.scheduler import example_fleet, plan_violations, solve  # noqa: E402
+
+# Relative agreement required between a fast path's objective and its baseline's.
+REL_TOL = 1e-6
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def agree(a, b) -> bool:
+    return abs(a - b) <= REL_TOL * max(1.0, abs(a), abs(b))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small fleets, seconds not minutes")
+    args = ap.parse_args(argv)
+    q = args.quick
+    rows = []
+    targets = []
+
+    def row(case, fast_name, fast_s, base_name, base_s, ok, note=""):
+        ratio = f"{base_s / fast_s:8.1f}x" if base_s and fast_s else "        "
+        rows.append((case, fast_name, fast_s, base_name, base_s, ratio, ok, note))
+
+    # Warm up imports, numpy and HiGHS so that the first timed case is not charged for them.
+    solve(example_fleet(200, seed=99), "auto")
+    solve(example_fleet(50, seed=99, feeder=True), "auto")
+
+    # ---- independent, modulated: Pyomo vs the fast path
+    for n in ((200, 1000) if q else (1000, 10000)):
+        p = example_fleet(n, seed=1)
+        fast, tf = timed(solve, p, "auto")
+        ref, tr = timed(solve, p, "pyomo")
+        ok = agree(fast.objective_total_gbp, ref.objective_total_gbp) and not plan_violations(p, fast.energy_kwh)
+        dp = int((fast.car_method == "independent(taper dp)").sum())
+        row(f"independent N={n}", fast.method, tf, "pyomo+highs", tr, ok, f"{dp} cars via taper DP")
+    n_big = 10000 if q else 100000
+    p = example_fleet(n_big, seed=1)
+    fast, tf = timed(solve, p, "auto")
+    ok = not plan_violations(p, fast.energy_kwh)
+    row(f"independent N={n_big}", fast.method, tf, "-", None, ok, "limits checked")
+    if not q:
+        targets.append(("100k independent < 1 s", tf < 1.0, tf))
+
+    # ---- feeder limit: flow + decomposition vs the plain highspy LP
+    n_f = 1000 if q else 10000
+    p = example_fleet(n_f, seed=3, feeder=True)
+    fast, tf = timed(solve, p, "auto")
+    n_base = n_f if q else 1000
+    pb = p if n_base == n_f else example_fleet(n_base, seed=3, feeder=True)
+    fast_b, tfb = (fast, tf) if pb is p else timed(solve, pb, "auto")
+    base, tb = timed(solve, pb, "highs")
+    ok = agree(fast_b.objective_total_gbp, base.objective_total_gbp) and not plan_violations(pb, fast_b.energy_kwh)
+    if pb is not p:
+        row(f"feeder N={n_base}", fast_b.method, tfb, "highspy LP", tb, ok)
+        ok10 = not plan_violations(p, fast.energy_kwh)
+        row(f"feeder N={n_f}", fast.method, tf, "highspy LP", None, ok10,
+            "LP baseline skipped: ~30 s+ at 10k (see performance.md)")
+        targets.append(("10k with feeder < 5 s", tf < 5.0, tf))
+    else:
+        row(f"feeder N={n_f}", fast.method, tf, "highspy LP", tb, ok)
+
+    # ---- on/off with start penalty: the per-car programme vs per-car HiGHS MILPs
+    # (the cars are independent, so the fleet MILP splits into one small MILP per car; one
+    # fleet-wide MILP is far slower). The baseline runs on the first cars of the fleet.
+    n_o = 100 if q else 1000
+    p = example_fleet(n_o, seed=5, mode="onoff", start_penalty_gbp=0.15, min_run_slots=2)
+    fast, tf = timed(solve, p, "auto")
+    n_ob = 20 if q else 100
+    t0 = time.perf_counter()
+    base_obj = np.array([solve(p.subset(np.array([i])), "highs").objective_total_gbp for i in range(n_ob)])
+    tb = time.perf_counter() - t0
+    ok = all(agree(a, b) for a, b in zip(fast.objective_gbp[:n_ob], base_obj))
+    ok &= not plan_violations(p, fast.energy_kwh)
+    row(f"onoff N={n_o}", fast.method, tf, "highspy MILPs", tb * n_o / n_ob, ok,
+        f"{int(fast.starts.sum())} starts; MILP timed on {n_ob} cars, scaled to {n_o}")
+    if not q:
+        targets.append(("onoff 1k with start penalty < 10 s", tf < 10.0, tf))
+
+    w = max(len(r[1]) for r in rows)
+    print(f"{'case':<22} {'fast path':<{w}} {'fast s':>8}  {'baseline':<13} {'base s':>8} {'ratio':>9}  {'=base':<5} note")
+    for case, fn, fs, bn, bs, ratio, ok, note in rows:
+        bs_txt = f"{bs:8.3f}" if bs is not None else "       -"
+        print(f"{case:<22} {fn:<{w}} {fs:8.3f}  {bn:<13} {bs_txt} {ratio}  {'yes' if ok else 'NO':<5} {note}")
+    print()
+    if targets:
+        print("targets:")
+        for name, met, t in targets:
+            print(f"  {name:<36} {t:7.3f} s  {'met' if met else 'MISSED'}")
+    all_ok = all(r[6] for r in rows)
+    print(f"\nall fast answers equal their baselines to {REL_TOL:g} relative: {'yes' if all_ok else 'NO'}")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
