@@ -83,3 +83,15 @@ def test_compare_prints_side_by_side_and_writes_tables(tmp_path):
     assert (tmp_path / "o" / "comparison.csv").read_text().startswith("kpi,uncontrolled")
     res = runner.invoke(app, ["compare", str(path), "--policies", "uncontrolled,clever"])
     assert res.exit_code == 2 and "unknown policy 'clever'" in res.stderr
+
+
+def test_compare_writes_the_html_report_for_all_three_policies(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("days: 2\nseed: 3\nfleet:\n  - {name: c, count: 10}\n")
+    report = tmp_path / "r.html"
+    res = runner.invoke(app, ["compare", str(path), "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    html = report.read_text()
+    for policy in ("uncontrolled", "smart", "optimal"):
+        assert policy in html
+    assert "regret_objective_pct" in res.output
