@@ -9,7 +9,7 @@ from twin.scheduler.errors import InfeasibleProblem
 from twin.scheduler.feeder import transportation_flow
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_cars=4, max_slots=10, feeder=True))
 def test_feeder_path_equals_pyomo(p):
     try:

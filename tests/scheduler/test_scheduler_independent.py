@@ -9,7 +9,7 @@ from _scheduler_cases import problems, rel_close
 from twin.scheduler import FleetProblem, example_fleet, plan_violations, solve
 from twin.scheduler.independent import solve_independent_modulated
 
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check_against_reference(p):

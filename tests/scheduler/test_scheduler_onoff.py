@@ -8,7 +8,7 @@ from _scheduler_cases import brute_force_onoff, problems, rel_close
 from twin.scheduler import FleetProblem, plan_violations, solve
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_cars=2, max_slots=6, mode="onoff"))
 def test_onoff_programme_equals_brute_force(p):
     plan = solve(p, "onoff_dp")
@@ -18,7 +18,7 @@ def test_onoff_programme_equals_brute_force(p):
         assert rel_close(plan.objective_gbp[i], best), (i, plan.objective_gbp[i], best)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_cars=3, max_slots=10, mode="onoff"))
 def test_onoff_programme_equals_pyomo_milp(p):
     fast = solve(p, "onoff_dp")

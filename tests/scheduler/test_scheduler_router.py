@@ -69,3 +69,13 @@ def test_feeder_refusal_falls_back_to_highs(monkeypatch):
 def test_unknown_method():
     with pytest.raises(ValueError, match="method must be one of"):
         solve(example_fleet(2), "magic")
+
+
+def test_large_coupled_fleets_go_to_the_lp(monkeypatch):
+    import twin.scheduler.router as solve_mod
+
+    monkeypatch.setattr(solve_mod, "FEEDER_DECOMPOSITION_MAX_CARS", 10)
+    p = example_fleet(20, seed=6, feeder=True)
+    plan = solve(p, "auto")
+    assert plan.method == "highs"
+    assert abs(plan.objective_total_gbp - solve(p, "feeder").objective_total_gbp) <= 1e-6 * plan.objective_total_gbp

@@ -28,7 +28,7 @@ from .errors import InfeasibleProblem, SolverFailed, SolverRefused
 from .examples import example_fleet
 from .problem import FleetProblem, Plan, evaluate_plan, plan_violations
 from .pyomo_model import build_pyomo_model, solve_pyomo
-from .solve import METHODS, solve
+from .router import METHODS, solve
 
 __all__ = [
     "ChargingPlan",

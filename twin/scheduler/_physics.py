@@ -77,12 +77,15 @@ class ForcedPrefix:
         Lower bound on the energy of slot ``first_free`` (kWh).
     level_kwh : ndarray, shape (N,)
         Cumulative energy before ``first_free`` (kWh).
+    nothing_forced : bool
+        True when no car has a min-SoC need (``energy_kwh`` is then a read-only zero view).
     """
 
     energy_kwh: np.ndarray
     first_free: np.ndarray
     lower_kwh: np.ndarray
     level_kwh: np.ndarray
+    nothing_forced: bool = False
 
 
 def forced_prefix(problem: FleetProblem) -> ForcedPrefix:
@@ -93,7 +96,8 @@ def forced_prefix(problem: FleetProblem) -> ForcedPrefix:
     first, _ = p.window
     if not np.any(need > 0):
         ff = np.where(first >= 0, first, t)
-        return ForcedPrefix(np.zeros((n, t)), ff.astype(np.int64), np.zeros(n), np.zeros(n))
+        # Nothing is forced: a read-only broadcast zero instead of an (N, T) allocation.
+        return ForcedPrefix(np.broadcast_to(0.0, (n, t)), ff.astype(np.int64), np.zeros(n), np.zeros(n), True)
     asap = asap_levels(p)
     over = asap > need[:, None]
     anyover = over.any(axis=1)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .problem import FleetProblem, Plan
-from .solve import solve
+from .router import solve
 
 __all__ = ["plan_charging", "ChargingPlan", "CAR_COLUMNS", "SIGNAL_COLUMNS"]
 

@@ -21,8 +21,14 @@ cars, and it binds in a few slots. The path has three stages:
    solution is the LP optimum of the whole fleet (to HiGHS' tolerances), and every car's plan
    is a convex combination of its own feasible plans, hence feasible.
 
-The master has one row per car and one per slot the feeder can bind in; at an optimal basis at
-most as many cars as there are binding feeder slots mix several plans.
+The master has one row per *active* car and one per slot the feeder can bind in; at an optimal
+basis at most as many cars as there are binding feeder slots mix several plans.
+
+Performance: with a price shared by all cars, most cars tie between the binding slots at the
+feeder's prices, so the flow's whole-Wh plans are not quite optimal for the real data and
+nearly every car ends up active. The example fleet (:func:`twin.scheduler.example_fleet`) then
+takes about as long as the HiGHS LP at 1k cars and four times longer at 10k, which is why the
+router sends large coupled fleets to the LP.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 from ortools.graph.python import min_cost_flow
 
 from .errors import InfeasibleProblem, SolverRefused
+from .highs_model import quiet_highs
 from .independent import cached_forced_prefix, solve_independent_modulated
 from .problem import FEASIBILITY_TOL_KWH, FleetProblem
 
@@ -183,8 +190,7 @@ class _Master:
         self.p = p
         self.rows_t = rows_t
         self.K = rows_t.size
-        self.h = highspy.Highs()
-        self.h.setOptionValue("output_flag", False)
+        self.h = quiet_highs()
         # Rows and columns are only ever added, so the previous basis stays primal feasible:
         # primal simplex without presolve continues from it instead of starting over.
         self.h.setOptionValue("presolve", "off")

@@ -25,6 +25,8 @@ Bounds
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import highspy
@@ -256,10 +258,37 @@ def build_highs_model(p: FleetProblem, cars: np.ndarray | None = None, use_feede
     return HighsModel(lp, is_mip, x, (ci, ti), idx.size, T, offset, car_rows)
 
 
+_banner_swallowed = False
+
+
+def quiet_highs() -> highspy.Highs:
+    """A HiGHS instance that prints nothing.
+
+    HiGHS prints a copyright banner from its C++ constructor the first time a process creates
+    one, before any option can be set; that first construction writes to /dev/null instead of
+    the user's KPI tables.
+    """
+    global _banner_swallowed
+    if _banner_swallowed:
+        h = highspy.Highs()
+    else:
+        sys.stdout.flush()
+        saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        try:
+            h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
+        _banner_swallowed = True
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def run_highs(model: HighsModel, *, time_limit: float | None = None, mip_rel_gap: float = 1e-9) -> tuple[highspy.Highs, np.ndarray]:
     """Solve a built model; returns the solver and the (n, T) energy matrix."""
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = quiet_highs()
     if model.is_mip:
         # Exactness: the default relative gap (1e-4) would accept plans 0.01 % above the optimum.
         h.setOptionValue("mip_rel_gap", mip_rel_gap)

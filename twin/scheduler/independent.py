@@ -103,13 +103,17 @@ def solve_independent_modulated(
     _, last_all = p.window
     cols = np.arange(T)[None, :]
     dp_rows: list[np.ndarray] = []
-    any_forced = bool(np.any(fp.energy_kwh[idx]) or np.any(fp.lower_kwh[idx]))
+    any_forced = not fp.nothing_forced and bool(np.any(fp.energy_kwh[idx]) or np.any(fp.lower_kwh[idx]))
+    contiguous = idx.size == 0 or (idx[-1] - idx[0] + 1 == idx.size and bool((np.diff(idx) == 1).all()))
     sv_all = p.shortfall_value[idx]
     # With shared costs all below every car's shortfall value, no slot is ever excluded.
     all_worth = shared is not None and float(c_shared.max()) < float(sv_all.min())
+
     def first_pass(lo):
-        sl = idx[lo:lo + CHUNK_CARS]
-        m = sl.size
+        # Slices (views) rather than index arrays (copies) when the cars are a contiguous range.
+        sl = slice(idx[lo], idx[min(lo + CHUNK_CARS, n) - 1] + 1) if contiguous else idx[lo:lo + CHUNK_CARS]
+        m = min(lo + CHUNK_CARS, n) - lo
+        sl_idx = idx[lo:lo + CHUNK_CARS]
         if shared is not None:
             cost = np.broadcast_to(c_shared, (m, T))
         else:
@@ -146,11 +150,11 @@ def solve_independent_modulated(
         if chk.size:
             xc = x[chk]
             cum = np.cumsum(xc, axis=1)
-            gc = sl[chk]
+            gc = sl_idx[chk]
             bad[chk] = (xc + p.taper_alpha[gc] * cum > p.taper_rhs_kwh[gc] + 1e-9).any(axis=1)
         if bad.any():
             b = np.flatnonzero(bad)
-            gi = sl[b]
+            gi = sl_idx[b]
             u0 = ff[b]
             uL = last_all[gi]
             single = u0 >= uL

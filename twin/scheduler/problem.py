@@ -424,11 +424,11 @@ class FleetProblem:
     @functools.cached_property
     def window(self) -> tuple[np.ndarray, np.ndarray]:
         """First and last slot with positive availability per car (``-1`` if none), (N,) each."""
-        pos = self.availability > 0
-        anyp = pos.any(axis=1)
-        first = np.where(anyp, pos.argmax(axis=1), -1)
-        last = np.where(anyp, self.n_slots - 1 - pos[:, ::-1].argmax(axis=1), -1)
-        return first, last
+        # a[i, t] > 0 exactly for floor(start) <= t <= ceil(end) - 1 when end > start.
+        first = np.floor(self.start_slot).astype(np.int64)
+        last = np.minimum(np.ceil(self.end_slot).astype(np.int64) - 1, self.n_slots - 1)
+        anyp = (self.end_slot > self.start_slot) & (last >= first)
+        return np.where(anyp, first, -1), np.where(anyp, last, -1)
 
     def subset(self, cars: np.ndarray) -> "FleetProblem":
         """The same problem restricted to the cars ``cars`` (indices), without a feeder limit."""
@@ -539,21 +539,24 @@ def evaluate_plan(
         raise ValueError(f"energy_kwh must have shape ({p.n_cars}, {p.n_slots}), got {x.shape}")
     # Solver noise: LP solutions carry values like 1e-12 kWh in slots that are off.
     x[np.abs(x) < 1e-9] = 0.0
-    cum = np.cumsum(x, axis=1)
     soc = np.empty((p.n_cars, p.n_slots + 1))
-    soc[:, 0] = p.soc0
-    soc[:, 1:] = p.soc0[:, None] + p.soc_per_kwh[:, None] * cum
+    soc[:, 0] = 0.0
+    np.cumsum(x, axis=1, out=soc[:, 1:])
+    soc *= p.soc_per_kwh[:, None]
+    soc += p.soc0[:, None]
     _, last = p.window
     end_idx = np.where(last >= 0, last + 1, 0)
     soc_end = soc[np.arange(p.n_cars), end_idx]
     short = np.maximum(p.target_soc - soc_end, 0.0) * p.battery_kwh
     short = np.where(p.target_soc > p.soc0, short, 0.0)
-    price = np.broadcast_to(p.price_gbp_per_kwh, x.shape)
-    cost = (price * x).sum(axis=1)
-    if p.carbon_g_per_kwh is not None:
-        carbon = (np.broadcast_to(p.carbon_g_per_kwh, x.shape) * x).sum(axis=1) / 1000.0
-    else:
-        carbon = np.zeros(p.n_cars)
+
+    def weighted(v):
+        # (N, T) x (T,) is a matrix-vector product; per-car signals need the elementwise form.
+        v = np.asarray(v, dtype=float)
+        return x @ v if v.ndim == 1 else (v * x).sum(axis=1)
+
+    cost = weighted(p.price_gbp_per_kwh)
+    carbon = weighted(p.carbon_g_per_kwh) / 1000.0 if p.carbon_g_per_kwh is not None else np.zeros(p.n_cars)
     weight = np.broadcast_to(p.carbon_weight_gbp_per_kg, (p.n_cars,))
     onoff = p.is_onoff
     on = None

@@ -19,8 +19,9 @@ Paths (``method``)
 ``"auto"``
     Independent cars go to ``"independent"`` / ``"onoff_dp"`` (a plan that fits under the
     feeder limit is optimal for the coupled problem too); a binding feeder limit goes to
-    ``"feeder"`` for modulated fleets and to ``"highs"`` when on/off cars are present; any
-    refusal falls back to ``"highs"``.
+    ``"feeder"`` for modulated fleets of up to :data:`FEEDER_DECOMPOSITION_MAX_CARS` cars and
+    to ``"highs"`` for larger fleets or when on/off cars are present; any refusal falls back
+    to ``"highs"``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 
 from .errors import SolverRefused
 from .feeder import solve_feeder_modulated
@@ -80,7 +82,7 @@ def _independent(p: FleetProblem, *, allow_fallback: bool) -> tuple[np.ndarray, 
 
 
 def _summary(how: np.ndarray) -> str:
-    names = sorted({str(h).split("(")[0] for h in how})
+    names = sorted({str(h).split("(")[0] for h in pd.unique(how)})
     return "+".join(names) if names else "independent"
 
 
