@@ -493,11 +493,7 @@ class Controller:
         while timers and timers[0][0] <= now:
             self._dirty.add(heapq.heappop(timers)[2])
         for vid in self._dirty:
-            track = self.tracks[vid]
-            unconfirmed = track.charging or (track.expect is not None and not track.expect[0])
-            if (track.disobeyed_at is not None and not track.escalated and unconfirmed
-                    and (now - track.disobeyed_at).total_seconds() >= self.config.escalate_within_s):
-                self._escalate(track)  # could not confirm it stopped: assume it did not
+            self._escalate_if_overdue(now, self.tracks[vid])
         actions: list[Action] = []
         self._plan(now, actions)
         dirty, self._dirty = self._dirty, set()
@@ -647,6 +643,15 @@ class Controller:
             track.retry_kind = None
             return
         track.retry_kind = "start"
+
+    def _escalate_if_overdue(self, now: datetime, track: VehicleTrack) -> None:
+        """A car that disobeyed a stop and is still not confirmed stopped ``escalate_within_s``
+        later is escalated: it may be charging against the plan, and we cannot tell."""
+        if track.disobeyed_at is None or track.escalated:
+            return
+        unconfirmed = track.charging or (track.expect is not None and not track.expect[0])
+        if unconfirmed and (now - track.disobeyed_at).total_seconds() >= self.config.escalate_within_s:
+            self._escalate(track)
 
     def _escalate(self, track: VehicleTrack) -> None:
         """Record a car that will not obey: notify, and plan it as uncontrollable from now on."""

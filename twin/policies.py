@@ -9,8 +9,8 @@ rate (see :mod:`twin.scheduler`).
     Plans each car when it plugs in, from what the platform could know then: the published
     price and carbon forecasts (:class:`PriceBook`, persistence beyond the published horizon),
     the car's estimated SoC and the driver's ready-by and target. It re-plans when a reading
-    deviates from the plan, when new forecasts are published, when preferences change and when
-    a car is escalated. With a site feeder limit, each car is planned against the capacity the
+    deviates from the plan, when a start lands late, when new forecasts are published, when
+    preferences change and when a car is escalated. With a site feeder limit, each car is planned against the capacity the
     other cars' plans (and escalated, uncontrollable cars) leave free.
 ``optimal``
     Replays the perfect-foresight plan of every session (:mod:`twin.foresight`): arrival,
@@ -139,8 +139,6 @@ class Smart(PlanFollower):
         self.slot = timedelta(minutes=slot_minutes)
         self.book = PriceBook(slot_minutes)
         self.feeder_kw = feeder_kw
-        #: wall time spent solving, seconds (for reports)
-        self.solve_seconds = 0.0
 
     def on_forecast(self, now: datetime, event: ForecastUpdated) -> bool:
         self.book.update(event.frame)
@@ -225,7 +223,6 @@ class Smart(PlanFollower):
             vehicle_ids=[t.vehicle_id for t in tracks],
         )
         plan = solve(problem)
-        self.solve_seconds += plan.solve_seconds
         starts = tuple(first + i * self.slot for i in range(count))
         end = first + count * self.slot
         for i, t in enumerate(tracks):
