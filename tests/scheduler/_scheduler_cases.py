@@ -122,3 +122,49 @@ def brute_force_onoff(p: FleetProblem, i: int) -> tuple[float, np.ndarray]:
         if cost < best - 1e-12:
             best, best_x = cost, x
     return best, best_x
+
+
+@st.composite
+def onoff_plans(draw, *, max_cars: int = 3, max_slots: int = 40) -> FleetProblem:
+    """On/off fleets shaped like the ``smart`` policy's plans (single-slot runs allowed).
+
+    Fractional plug-in and ready-by, a shared or per-car price, sometimes slots blocked at
+    1e4 GBP/kWh (a feeder that cannot take the car), ties, a carbon weight, min-SoC targets,
+    taper knees near the top and start penalties from none to dear.
+    """
+    n = draw(st.integers(1, max_cars))
+    T = draw(st.integers(1, max_slots))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    start = rng.uniform(0, T, n) * rng.choice([0.0, 1.0], n, p=[0.2, 0.8])
+    end = np.minimum(start + rng.uniform(0.0, T, n), T)
+    if draw(st.booleans()):
+        start, end = np.floor(start), np.minimum(np.ceil(end), T)
+    soc0 = rng.uniform(0.0, 0.95, n)
+    shape = (n, T) if draw(st.booleans()) else (T,)
+    prices = draw(st.sampled_from(["normal", "ties", "flat", "blocked", "negative"]))
+    if prices == "ties":
+        price = rng.choice([0.1, 0.2, 0.3], shape)
+    elif prices == "flat":
+        price = np.full(shape, 0.2)
+    elif prices == "negative":
+        price = rng.normal(0.0, 0.15, shape)
+    else:
+        price = rng.normal(0.2, 0.1, shape)
+    if prices == "blocked":
+        price = np.where(rng.random(shape) < 0.3, 1e4, price)
+    max_kw = rng.uniform(1.0, 11.0, n)
+    kw = dict(
+        slot_hours=float(draw(st.sampled_from([0.25, 0.5, 1.0]))), battery_kwh=rng.uniform(10, 90, n),
+        soc0=soc0, target_soc=np.clip(soc0 + rng.uniform(-0.1, 0.8, n), 0.0, 1.0),
+        start_slot=start, end_slot=end, max_kw=max_kw, price_gbp_per_kwh=price,
+        vehicle_max_kw=max_kw * rng.choice([1.0, 1.5], n), efficiency=rng.uniform(0.85, 1.0, n),
+        taper_knee_soc=rng.uniform(0.3, 1.0, n), taper_floor_kw=rng.uniform(0.0, 3.0, n), mode="onoff",
+        start_penalty_gbp=rng.choice([0.0, 0.02, 0.5], n), min_run_slots=1,
+        shortfall_penalty_gbp_per_kwh=float(draw(st.sampled_from([100.0, 100.0, 0.3]))),
+    )
+    if draw(st.booleans()):
+        kw["min_soc"] = np.clip(soc0 + rng.uniform(-0.2, 0.4, n), 0.0, 1.0)
+    if draw(st.booleans()):
+        kw["carbon_g_per_kwh"] = rng.uniform(50, 300, T)
+        kw["carbon_weight_gbp_per_kg"] = rng.uniform(0.0, 0.5, n) if draw(st.booleans()) else 0.0
+    return FleetProblem(**kw)

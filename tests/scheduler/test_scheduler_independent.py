@@ -91,3 +91,25 @@ def test_shared_price_path_is_fast(n):
     t0 = time.perf_counter()
     solve(p, "independent")
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_cumsum_rows_is_numpy_cumsum_bit_for_bit():
+    from twin.scheduler._physics import cumsum_rows
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 50))
+    for arr in (a, a[:, rng.permutation(50)], np.asfortranarray(a), a[:10], np.zeros((100, 0))):
+        np.testing.assert_array_equal(cumsum_rows(arr), np.cumsum(arr, axis=1))
+
+
+def test_fast_path_builds_no_fleet_sized_limit_matrices():
+    # The fast path works on blocks of cars: it never builds the (N, T) availability, power
+    # limit or taper matrices (77 MB each at 100k cars), and the plan takes the solver's matrix.
+    p = example_fleet(3000, seed=8)
+    plan = solve(p, "auto")
+    assert plan.method == "independent"
+    for name in ("availability", "cap_kwh", "taper_alpha", "taper_rhs_kwh"):
+        assert name not in p.__dict__, name
+    ref = example_fleet(3000, seed=8)
+    ref.cap_kwh, ref.taper_alpha, ref.taper_rhs_kwh  # the same solve from the built matrices
+    np.testing.assert_array_equal(solve(ref, "auto").energy_kwh, plan.energy_kwh)

@@ -36,6 +36,23 @@ def step_down(level, cap, alpha, rhs, taper):
     return np.maximum(plain, tapered)
 
 
+def cumsum_rows(a: np.ndarray) -> np.ndarray:
+    """``np.cumsum(a, axis=1)`` for a 2-d float array, bit for bit, faster on column-major data.
+
+    Fancy indexing along the slots (``cap[:, order]``) returns a column-major array, along whose
+    rows ``np.cumsum`` is about 20 times slower than adding one contiguous column to the next
+    (the same additions in the same order).
+    """
+    if not a.flags.f_contiguous or a.shape[0] < 64 or a.ndim != 2 or a.dtype != np.float64:
+        return np.cumsum(a, axis=1)
+    out = np.empty_like(a)
+    if a.shape[1]:
+        out[:, 0] = a[:, 0]
+    for j in range(1, a.shape[1]):
+        np.add(out[:, j - 1], a[:, j], out=out[:, j])
+    return out
+
+
 def asap_levels(problem: FleetProblem) -> np.ndarray:
     """Cumulative energy (kWh) at each slot end when charging at the limit from plug-in, (N, T).
 

@@ -168,7 +168,8 @@ def _tail_dp(first_needed, t_lo, t_hi, q, interior, u0, C0, C1, dG, dB, jump, Jc
     Rows are processed in order of the earliest slot any of their candidates needs, so that at
     slot ``t`` only a prefix of rows is updated. Returns, in the original row order, the
     cost-to-go recorded at each slot for the entry states (forward grids at index 0, backward
-    grids at their last index), the backward grids' cost-to-go at ``u0 + 1``, and the decisions.
+    grids at their last index) and the backward grids' cost-to-go at ``u0 + 1``; then the
+    decisions in processing order and ``inv``, the processing row of each original row.
     """
     n = q.shape[0]
     NF = len(C0)
@@ -215,41 +216,47 @@ def _tail_dp(first_needed, t_lo, t_hi, q, interior, u0, C0, C1, dG, dB, jump, Jc
             ti = t - t_lo
             qt = qp[:L, t][:, None]
             a2 = act[:, None]
+            # Updates in place: a candidate replaces the cost-to-go only where it is strictly
+            # better and the slot is interior for the car (decisions start at 0, "off").
             for f in range(NF):
                 if not live_f[f]:
                     continue
                 c = C0[f][:L]
-                best = c.copy()
-                d = np.zeros(c.shape, np.int8)
+                d = dec0[f][ti, :L]
                 if c.shape[1] > 1:
-                    cand = qt * dG[f][:L] + c[:, 1:]
+                    cand = qt * dG[f][:L]
+                    cand += c[:, 1:]
                     better = cand < c[:, :-1]
-                    best[:, :-1] = np.where(better, cand, c[:, :-1])
+                    better &= a2
+                    np.copyto(c[:, :-1], cand, where=better)
                     d[:, :-1] = better
                 for psi in range(2):
                     energy, ok, flat, any_ok = jp[f, psi]
                     if not any_ok:
                         continue
-                    cand = qt * energy[:L] + np.take(C1[psi], flat[:L])
-                    better = ok[:L] & (cand < best)
-                    best = np.where(better, cand, best)
-                    d = np.where(better, np.int8(2 + psi), d)
-                dec0[f][ti, :L] = np.where(a2, d, 0)
-                C0[f][:L] = np.where(a2, best, c)
+                    cand = qt * energy[:L]
+                    cand += np.take(C1[psi], flat[:L])
+                    better = cand < c
+                    better &= ok[:L]
+                    better &= a2
+                    np.copyto(c, cand, where=better)
+                    np.copyto(d, np.int8(2 + psi), where=better)
             for psi in range(2):
                 c = C1[psi][:L]
                 if c.shape[1] > 1 and live_b[psi]:
-                    cand = qt * dB[psi][:L] + c[:, :-1]
-                    better = a2 & (cand < c[:, 1:])
+                    cand = qt * dB[psi][:L]
+                    cand += c[:, :-1]
+                    better = cand < c[:, 1:]
+                    better &= a2
                     dec1[psi][ti, :L, 1:] = better
-                    c[:, 1:] = np.where(better, cand, c[:, 1:])
+                    np.copyto(c[:, 1:], cand, where=better)
         record(t)
     rec0 = rec0[:, :, inv]
     rec1 = rec1[:, :, inv]
     at1 = [a[inv] for a in at1]
-    dec0 = [d[:, inv] for d in dec0]
-    dec1 = [d[:, inv] for d in dec1]
-    return rec0, rec1, at1, dec0, dec1
+    # The decisions stay in processing order (row inv[i] is car i): they are large and only a
+    # few entries are read back.
+    return rec0, rec1, at1, dec0, dec1, inv
 
 
 def solve_taper_cars(
@@ -547,7 +554,7 @@ def solve_taper_cars(
     span = max(t_hi - t_lo + 1, 1)
     dG = [np.diff(G[f], axis=1) for f in range(NF)]
     dB = [B[psi][:, :-1] - B[psi][:, 1:] for psi in range(2)]
-    rec0, rec1, at_start1, dec0, dec1 = _tail_dp(
+    rec0, rec1, at_start1, dec0, dec1, dec_row = _tail_dp(
         first_needed, t_lo, t_hi, q, interior, u0, C0, C1, dG, dB, jump, Jc, live_f, live_b
     )
 
@@ -628,7 +635,7 @@ def solve_taper_cars(
                 continue
             r = rows[sel]
             i = idx[r]
-            d = dec0[f][ti, r, i]
+            d = dec0[f][ti, dec_row[r], i]
             full = d == 1
             if full.any():
                 rf = r[full]
@@ -649,7 +656,7 @@ def solve_taper_cars(
             jj = idx[r]
             okj = jj >= 1
             d = np.zeros(r.shape, bool)
-            d[okj] = dec1[psi][ti, r[okj], jj[okj]]
+            d[okj] = dec1[psi][ti, dec_row[r[okj]], jj[okj]]
             if d.any():
                 rf = r[d]
                 x[rf, t] = dB[psi][rf, jj[d] - 1]

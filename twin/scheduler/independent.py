@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ._physics import ForcedPrefix, cached, forced_prefix, step_up
+from ._physics import ForcedPrefix, cached, cumsum_rows, forced_prefix, step_up
 from .problem import FEASIBILITY_TOL_KWH, FleetProblem
 from ._taper_dp import solve_taper_cars
 
@@ -39,8 +39,8 @@ def cached_forced_prefix(problem: FleetProblem) -> ForcedPrefix:
     return cached(problem, "forced", forced_prefix)
 
 
-def _fill(cap: np.ndarray, need: np.ndarray, order: np.ndarray | None, cost: np.ndarray) -> np.ndarray:
-    """Fill ``need`` (n,) into capacities ``cap`` (n, T) cheapest first.
+def _fill(cap: np.ndarray, need: np.ndarray, order: np.ndarray | None, cost: np.ndarray, out=None) -> np.ndarray:
+    """Fill ``need`` (n,) into capacities ``cap`` (n, T) cheapest first (into ``out`` if given).
 
     ``order`` is one slot order for all cars (shared cost) or ``None`` to sort ``cost`` (n, T)
     per car.
@@ -50,9 +50,10 @@ def _fill(cap: np.ndarray, need: np.ndarray, order: np.ndarray | None, cost: np.
         cs = np.take_along_axis(cap, order_m, axis=1)
     else:
         cs = cap[:, order]
-    cum = np.cumsum(cs, axis=1)
+    cum = cumsum_rows(cs)
     take = np.clip(need[:, None] - (cum - cs), 0.0, cs)
-    out = np.empty_like(cap)
+    if out is None:
+        out = np.empty_like(cap)
     if order is None:
         np.put_along_axis(out, order_m, take, axis=1)
     else:
@@ -124,7 +125,7 @@ def solve_independent_modulated(
         worth = None if all_worth else cost < sv[:, None]
         ff = fp.first_free[sl]
         lb = fp.lower_kwh[sl]
-        cap = p.cap_kwh[sl]
+        _, cap, _, _ = p.limit_rows(sl, taper=False)
         rows = np.arange(m)
         if any_forced:
             fixed = fp.energy_kwh[sl].copy()
@@ -140,7 +141,7 @@ def solve_independent_modulated(
             rest = p.need_kwh[sl]
         if worth is not None:
             free_cap = np.where(worth, free_cap, 0.0)
-        x = _fill(free_cap, rest, order, cost)
+        x = _fill(free_cap, rest, order, cost, out=energy[lo:lo + m])
         if fixed is not None:
             x += fixed
         # Taper rows: x[t] * (1 + alpha) + alpha * S[t-1] <= A, i.e. x + alpha * S[t] <= A.
@@ -150,8 +151,8 @@ def solve_independent_modulated(
         if chk.size:
             xc = x[chk]
             cum = np.cumsum(xc, axis=1)
-            gc = sl_idx[chk]
-            bad[chk] = (xc + p.taper_alpha[gc] * cum > p.taper_rhs_kwh[gc] + 1e-9).any(axis=1)
+            _, _, alpha, rhs = p.limit_rows(sl_idx[chk])
+            bad[chk] = (xc + alpha * cum > rhs + 1e-9).any(axis=1)
         if bad.any():
             b = np.flatnonzero(bad)
             gi = sl_idx[b]
@@ -163,7 +164,9 @@ def solve_independent_modulated(
                 bs, gs = b[single], gi[single]
                 u = np.minimum(u0[single], T - 1)
                 base = fp.level_kwh[gs]
-                top = step_up(base, cap[bs, u], p.taper_alpha[gs, u], p.taper_rhs_kwh[gs, u], True)
+                _, _, alpha_s, rhs_s = p.limit_rows(gs)
+                rs = np.arange(bs.size)
+                top = step_up(base, cap[bs, u], alpha_s[rs, u], rhs_s[rs, u], True)
                 top = np.minimum(top, p.need_kwh[gs])
                 pays = np.ones(bs.size, bool) if worth is None else worth[bs, u]
                 xs = fp.energy_kwh[gs].copy()
@@ -172,7 +175,6 @@ def solve_independent_modulated(
             multi = ~single
             if multi.any():
                 dp_rows.append(lo + b[multi])
-        energy[lo:lo + m] = x
 
     _map_blocks(first_pass, list(range(0, n, CHUNK_CARS)))
     if dp_rows:
@@ -217,21 +219,23 @@ def _solve_dp_cars(p, idx, rows_dp, energy, ok, used_dp, c_shared, extra) -> Non
         sv = p.shortfall_value[gm]
         q = np.where(cost < sv[:, None], cost - sv[:, None], 0.0)
         q_offset = None
+        limits = p.limit_rows(gm)
+        avail = limits[0]
         if c_shared is not None:
             # Shared slot costs: heads can be shared if no window slot costs more than the
             # shortfall value (then every car ranks its slots the same way).
-            in_win = p.availability[gm] > 0
+            in_win = avail > 0
             if not (in_win & (cost >= sv[:, None])).any():
                 q_offset = sv
         u0 = fp.first_free[gm]
         cap1 = h * p.rate_kw[gm]
         rhs1 = h * (p.vehicle_max_kw[gm] - p.taper_slope_kw[gm] * (p.soc0[gm] - p.taper_knee_soc[gm]))
         xf, okm = solve_taper_cars(
-            q, p.availability[gm], u0, last_all[gm], fp.lower_kwh[gm], fp.level_kwh[gm],
+            q, avail, u0, last_all[gm], fp.lower_kwh[gm], fp.level_kwh[gm],
             cap1, alpha1_all[sel], rhs1, p.need_kwh[gm], p.taper_free_kwh[gm], q_offset,
         )
         xm = np.where(cols < u0[:, None], fp.energy_kwh[gm], 0.0) + xf
-        okm &= _feasible(p, gm, xm)
+        okm &= _feasible(p, gm, xm, limits)
         energy[r] = np.where(okm[:, None], xm, 0.0)
         ok[r[~okm]] = False
         used_dp[r] = okm
@@ -253,16 +257,22 @@ def _map_blocks(fn, blocks) -> None:
             fn(b)
 
 
-def _feasible(p: FleetProblem, cars: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Per-car check of a plan against power, taper, window, target and min-SoC limits."""
+def _feasible(p: FleetProblem, cars: np.ndarray, x: np.ndarray, limits=None) -> np.ndarray:
+    """Per-car check of a plan against power, taper, window, target and min-SoC limits.
+
+    ``limits`` is ``p.limit_rows(cars)`` when the caller already has it.
+    """
     tol = FEASIBILITY_TOL_KWH
+    _, cap, alpha, rhs = p.limit_rows(cars) if limits is None else limits
     cum = np.cumsum(x, axis=1)
     fp = cached_forced_prefix(p)
     ok = (x >= -tol).all(axis=1)
-    ok &= (x <= p.cap_kwh[cars] + tol).all(axis=1)
-    lhs = x + p.taper_alpha[cars] * cum
-    ok &= ~(p.has_taper[cars][:, None] & (lhs > p.taper_rhs_kwh[cars] + tol)).any(axis=1)
+    ok &= (x <= cap + tol).all(axis=1)
+    lhs = x + alpha * cum
+    ok &= ~(p.has_taper[cars][:, None] & (lhs > rhs + tol)).any(axis=1)
     ok &= (cum[:, -1] <= p.need_kwh[cars] + tol)
+    if fp.nothing_forced:
+        return ok & (cum >= -tol).all(axis=1)
     floor = np.cumsum(fp.energy_kwh[cars], axis=1)
     T = x.shape[1]
     rows = np.arange(cars.size)

@@ -83,6 +83,46 @@ def _car_label(ids: tuple | None, i: int) -> str:
     return f"car {i} (vehicle_id {ids[i]!r})"
 
 
+# Per-car float fields, in the order they are validated and reported.
+_VECTOR_FIELDS = (
+    "battery_kwh", "soc0", "target_soc", "start_slot", "end_slot", "max_kw", "min_soc",
+    "vehicle_max_kw", "efficiency", "taper_knee_soc", "taper_floor_kw", "start_penalty_gbp",
+)
+# Closed bounds per field that together say what :func:`_explain_bad_vectors` checks
+# (``end_slot``'s upper bound is the horizon, set per problem). For floats ``v > 0`` is exactly
+# ``v >= 5e-324``, the smallest positive double, and "finite" is within +-1.8e308, so NaN and
+# infinities fail the test too.
+_TINY = float(np.nextafter(0.0, 1.0))
+_BIG = float(np.finfo(float).max)
+_VECTOR_LO = np.array([_TINY, 0, 0, 0, -_BIG, 0, 0, _TINY, _TINY, 0, 0, 0], dtype=float)[:, None]
+_VECTOR_HI = np.array([_BIG, 1, 1, _BIG, _BIG, _BIG, 1, _BIG, 1, 1, _BIG, _BIG], dtype=float)[:, None]
+
+
+def _explain_bad_vectors(vec: dict, ids: tuple | None, t: int) -> None:
+    """Raise the ``ValueError`` naming the first field and car that break a bound."""
+    for name, arr in vec.items():
+        _check_finite(name, arr)
+
+    def check(name: str, ok: np.ndarray, msg: str) -> None:
+        bad = np.flatnonzero(~ok)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{name}[{i}] = {vec[name][i]!r} for {_car_label(ids, i)}: {msg}")
+
+    check("battery_kwh", vec["battery_kwh"] > 0, "battery capacity must be > 0 kWh")
+    for name in ("soc0", "target_soc", "min_soc", "taper_knee_soc"):
+        check(name, (vec[name] >= 0) & (vec[name] <= 1), "must be a fraction in [0, 1]")
+    check("max_kw", vec["max_kw"] >= 0, "power limit must be >= 0 kW")
+    check("vehicle_max_kw", vec["vehicle_max_kw"] > 0, "the car's AC limit must be > 0 kW")
+    check("taper_floor_kw", vec["taper_floor_kw"] >= 0, "taper floor must be >= 0 kW")
+    check("efficiency", (vec["efficiency"] > 0) & (vec["efficiency"] <= 1), "efficiency must be in (0, 1]")
+    check("start_slot", vec["start_slot"] >= 0, "plug-in must not be before the first slot (0)")
+    check("end_slot", vec["end_slot"] <= t, f"ready-by is beyond the horizon of {t} slots")
+    check("end_slot", vec["end_slot"] >= vec["start_slot"], "ready-by (end_slot) is before plug-in (start_slot)")
+    check("start_penalty_gbp", vec["start_penalty_gbp"] >= 0, "start penalty must be >= 0 GBP")
+    raise AssertionError("a per-car value is out of bounds but no check names it")
+
+
 @dataclass(frozen=True, eq=False)
 class FleetProblem:
     """A fleet charging problem in slot units (see the module docstring for the model).
@@ -191,62 +231,48 @@ class FleetProblem:
             raise ValueError("price_gbp_per_kwh must cover at least one slot")
         _check_finite("price_gbp_per_kwh", price)
 
-        vec = {}
-        defaults = {"vehicle_max_kw": None}
-        for name in (
-            "battery_kwh", "soc0", "target_soc", "start_slot", "end_slot", "max_kw", "min_soc",
-            "vehicle_max_kw", "efficiency", "taper_knee_soc", "taper_floor_kw", "start_penalty_gbp",
-        ):
+        # All per-car vectors go into one (fields, N) block, so that one bounds test covers
+        # every field (NaN fails it too); the detailed checks, which name the field and the car
+        # at fault, only run when it fails. The block is a copy: the caller's arrays are not
+        # made read-only.
+        arrs = []
+        for name in _VECTOR_FIELDS:
             value = getattr(self, name)
-            if name in defaults and value is None:
+            if value is None and name == "vehicle_max_kw":
                 value = self.max_kw
-            arr = _as_float_vector(name, value, n)
-            _check_finite(name, arr)
-            vec[name] = arr
+            try:
+                arrs.append(_as_float_vector(name, value, n))
+            except ValueError:
+                for prev, arr in zip(_VECTOR_FIELDS, arrs):  # earlier fields are reported first
+                    _check_finite(prev, arr)
+                raise
+        block = np.stack(arrs)
+        block.setflags(write=False)
+        vec = dict(zip(_VECTOR_FIELDS, block))
+        hi = _VECTOR_HI.copy()
+        hi[_VECTOR_FIELDS.index("end_slot")] = t
+        if not (((block >= _VECTOR_LO) & (block <= hi)).all() and (vec["end_slot"] >= vec["start_slot"]).all()):
+            _explain_bad_vectors(vec, ids, t)
 
-        def fail(name: str, i: int, msg: str) -> None:
-            raise ValueError(f"{name}[{i}] = {vec[name][i]!r} for {_car_label(ids, i)}: {msg}")
-
-        def check(name: str, ok: np.ndarray, msg: str) -> None:
-            bad = np.flatnonzero(~ok)
-            if bad.size:
-                fail(name, int(bad[0]), msg)
-
-        check("battery_kwh", vec["battery_kwh"] > 0, "battery capacity must be > 0 kWh")
-        for name in ("soc0", "target_soc", "min_soc", "taper_knee_soc"):
-            check(name, (vec[name] >= 0) & (vec[name] <= 1), "must be a fraction in [0, 1]")
-        check("max_kw", vec["max_kw"] >= 0, "power limit must be >= 0 kW")
-        check("vehicle_max_kw", vec["vehicle_max_kw"] > 0, "the car's AC limit must be > 0 kW")
-        check("taper_floor_kw", vec["taper_floor_kw"] >= 0, "taper floor must be >= 0 kW")
-        check("efficiency", (vec["efficiency"] > 0) & (vec["efficiency"] <= 1), "efficiency must be in (0, 1]")
-        check("start_slot", vec["start_slot"] >= 0, "plug-in must not be before the first slot (0)")
-        check("end_slot", vec["end_slot"] <= t, f"ready-by is beyond the horizon of {t} slots")
-        check("end_slot", vec["end_slot"] >= vec["start_slot"], "ready-by (end_slot) is before plug-in (start_slot)")
-        check("start_penalty_gbp", vec["start_penalty_gbp"] >= 0, "start penalty must be >= 0 GBP")
-
-        runs = np.asarray(self.min_run_slots)
-        if runs.ndim == 0:
-            runs = np.full(n, runs)
-        if runs.shape != (n,):
-            raise ValueError(f"min_run_slots must be a scalar or have shape ({n},), got {runs.shape}")
-        runs_f = runs.astype(float)
-        _check_finite("min_run_slots", runs_f)
-        bad = np.flatnonzero((runs_f < 1) | (runs_f != np.round(runs_f)))
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(f"min_run_slots[{i}] = {runs[i]!r} for {_car_label(ids, i)}: must be a whole number >= 1")
-        runs = runs_f.astype(np.int64)
+        runs = self.min_run_slots
+        if type(runs) is int and runs >= 1:  # the common case, without the array checks below
+            runs = np.full(n, runs, dtype=np.int64)
+        else:
+            runs = self._checked_runs(n, ids)
 
         mode = self.mode
         if isinstance(mode, str):
+            if n and mode not in MODES:
+                raise ValueError(f"mode[0] = {mode!r} for {_car_label(ids, 0)}: must be one of {MODES}")
             mode_arr = np.full(n, mode, dtype=object)
         else:
             mode_arr = np.asarray(list(mode), dtype=object)
             if mode_arr.shape != (n,):
                 raise ValueError(f"mode must be a string or have one entry per car ({n}), got {len(mode_arr)}")
-        for i, m in enumerate(mode_arr):
-            if m not in MODES:
-                raise ValueError(f"mode[{i}] = {m!r} for {_car_label(ids, i)}: must be one of {MODES}")
+            if not set(mode_arr.tolist()) <= set(MODES):
+                for i, m in enumerate(mode_arr):
+                    if m not in MODES:
+                        raise ValueError(f"mode[{i}] = {m!r} for {_car_label(ids, i)}: must be one of {MODES}")
 
         carbon = self.carbon_g_per_kwh
         if carbon is not None:
@@ -275,7 +301,6 @@ class FleetProblem:
             raise ValueError(f"shortfall_penalty_gbp_per_kwh must be a finite number >= 0, got {penalty!r}")
 
         for name, arr in vec.items():
-            arr.setflags(write=False)
             set_(name, arr)
         for name, arr in (
             ("price_gbp_per_kwh", price), ("carbon_g_per_kwh", carbon),
@@ -287,6 +312,22 @@ class FleetProblem:
                 arr.setflags(write=False)
             set_(name, arr)
         set_("shortfall_penalty_gbp_per_kwh", penalty)
+
+    def _checked_runs(self, n: int, ids: tuple | None) -> np.ndarray:
+        """``min_run_slots`` as (N,) int64, checked to be whole numbers >= 1."""
+        runs = np.asarray(self.min_run_slots)
+        if runs.ndim == 0:
+            runs = np.full(n, runs)
+        if runs.shape != (n,):
+            raise ValueError(f"min_run_slots must be a scalar or have shape ({n},), got {runs.shape}")
+        runs_f = runs.astype(float)
+        _check_finite("min_run_slots", runs_f)
+        bad = np.flatnonzero((runs_f < 1) | (runs_f != np.round(runs_f)))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"min_run_slots[{i}] = {runs[i]!r} for {_car_label(ids, i)}: must be a whole number >= 1")
+        runs = runs_f.astype(np.int64)
+        return runs
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -304,12 +345,48 @@ class FleetProblem:
     @functools.cached_property
     def availability(self) -> np.ndarray:
         """``a[i, t]``, overlap of ``[start_slot, end_slot)`` with slot ``t`` (fraction), (N, T)."""
-        t = np.arange(self.n_slots, dtype=float)
-        lo = np.maximum(self.start_slot[:, None], t[None, :])
-        hi = np.minimum(self.end_slot[:, None], t[None, :] + 1.0)
-        a = np.clip(hi - lo, 0.0, 1.0)
+        a = self._availability_of(slice(None))
         a.setflags(write=False)
         return a
+
+    def _availability_of(self, cars) -> np.ndarray:
+        t = np.arange(self.n_slots, dtype=float)
+        lo = np.maximum(self.start_slot[cars][:, None], t[None, :])
+        hi = np.minimum(self.end_slot[cars][:, None], t[None, :] + 1.0)
+        np.subtract(hi, lo, out=hi)
+        return np.clip(hi, 0.0, 1.0, out=hi)
+
+    def limit_rows(self, cars, taper: bool = True) -> tuple:
+        """Rows ``cars`` (indices or a slice) of :attr:`availability`, :attr:`cap_kwh`,
+        :attr:`taper_alpha` and :attr:`taper_rhs_kwh`, equal to indexing those properties
+        (the last two are ``None`` with ``taper=False``).
+
+        Unless the properties are already built, only the selected rows are computed: a large
+        fleet then never holds four (N, T) arrays at once (each is 77 MB at 100k cars x 96
+        slots, and fresh pages cost more to fault in than the arithmetic).
+        """
+        d = self.__dict__
+        if "taper_rhs_kwh" in d and "taper_alpha" in d and "cap_kwh" in d:
+            if not taper:
+                return self.availability[cars], self.cap_kwh[cars], None, None
+            return self.availability[cars], self.cap_kwh[cars], self.taper_alpha[cars], self.taper_rhs_kwh[cars]
+        a = self.availability[cars] if "availability" in d else self._availability_of(cars)
+        cap = a * self._cap_factor[cars][:, None]
+        if not taper:
+            return a, cap, None, None
+        return a, cap, a * self._alpha_factor[cars][:, None], a * self._rhs_factor[cars][:, None]
+
+    @functools.cached_property
+    def _cap_factor(self) -> np.ndarray:
+        return self.slot_hours * self.rate_kw
+
+    @functools.cached_property
+    def _alpha_factor(self) -> np.ndarray:
+        return self.slot_hours * self.taper_slope_kw * self.soc_per_kwh
+
+    @functools.cached_property
+    def _rhs_factor(self) -> np.ndarray:
+        return self.slot_hours * (self.vehicle_max_kw - self.taper_slope_kw * (self.soc0 - self.taper_knee_soc))
 
     @functools.cached_property
     def rate_kw(self) -> np.ndarray:
@@ -319,7 +396,7 @@ class FleetProblem:
     @functools.cached_property
     def cap_kwh(self) -> np.ndarray:
         """Power limit per slot as energy (kWh): ``a * slot_hours * rate_kw``, (N, T)."""
-        c = self.availability * (self.slot_hours * self.rate_kw)[:, None]
+        c = self.availability * self._cap_factor[:, None]
         c.setflags(write=False)
         return c
 
@@ -372,17 +449,14 @@ class FleetProblem:
         With ``A = a * slot_hours * (vehicle_max_kw - b * (soc0 - knee))`` the taper row reads
         ``x[t] * (1 + alpha) + alpha * S[t - 1] <= A``.
         """
-        al = self.availability * (self.slot_hours * self.taper_slope_kw * self.soc_per_kwh)[:, None]
+        al = self.availability * self._alpha_factor[:, None]
         al.setflags(write=False)
         return al
 
     @functools.cached_property
     def taper_rhs_kwh(self) -> np.ndarray:
         """``A[i, t] = a * slot_hours * (vehicle_max_kw - b * (soc0 - knee))`` (kWh), (N, T)."""
-        k = self.slot_hours * (
-            self.vehicle_max_kw - self.taper_slope_kw * (self.soc0 - self.taper_knee_soc)
-        )
-        A = self.availability * k[:, None]
+        A = self.availability * self._rhs_factor[:, None]
         A.setflags(write=False)
         return A
 
@@ -419,7 +493,7 @@ class FleetProblem:
     @functools.cached_property
     def is_onoff(self) -> np.ndarray:
         """Whether each car is start/stop controlled, (N,) bool."""
-        return np.asarray([m == "onoff" for m in self.mode], dtype=bool)
+        return np.asarray(self.mode == "onoff", dtype=bool)
 
     @functools.cached_property
     def window(self) -> tuple[np.ndarray, np.ndarray]:
@@ -520,6 +594,10 @@ def _starts(on: np.ndarray) -> np.ndarray:
     return (on & ~prev).sum(axis=1)
 
 
+# Rows per block in evaluate_plan: 2,048 cars x 96 slots of float64 is 1.5 MB.
+_EVAL_ROWS = 2048
+
+
 def evaluate_plan(
     problem: FleetProblem,
     energy_kwh: np.ndarray,
@@ -527,23 +605,42 @@ def evaluate_plan(
     method: str,
     solve_seconds: float = 0.0,
     car_method: np.ndarray | None = None,
+    copy: bool = True,
 ) -> Plan:
     """Account a grid-energy matrix against ``problem`` and wrap it in a :class:`Plan`.
 
     Energies within ``1e-9`` kWh of zero are set to zero; the on/off state of an on/off car is
-    ``energy > 0``.
+    ``energy > 0``. With ``copy=False`` the plan takes ``energy_kwh`` itself (a float array
+    the caller hands over) and zeroes its noise in place, instead of working on a copy.
     """
     p = problem
-    x = np.array(energy_kwh, dtype=float, copy=True)
-    if x.shape != (p.n_cars, p.n_slots):
-        raise ValueError(f"energy_kwh must have shape ({p.n_cars}, {p.n_slots}), got {x.shape}")
-    # Solver noise: LP solutions carry values like 1e-12 kWh in slots that are off.
-    x[np.abs(x) < 1e-9] = 0.0
-    soc = np.empty((p.n_cars, p.n_slots + 1))
-    soc[:, 0] = 0.0
-    np.cumsum(x, axis=1, out=soc[:, 1:])
-    soc *= p.soc_per_kwh[:, None]
-    soc += p.soc0[:, None]
+    n, T = p.n_cars, p.n_slots
+    x = np.array(energy_kwh, dtype=float, copy=True) if copy else np.asarray(energy_kwh, dtype=float)
+    if x.shape != (n, T):
+        raise ValueError(f"energy_kwh must have shape ({n}, {T}), got {x.shape}")
+    soc = np.empty((n, T + 1))
+    power = np.empty((n, T))
+    spk, soc0 = p.soc_per_kwh[:, None], p.soc0[:, None]
+
+    def rows(lo: int) -> None:
+        hi = lo + _EVAL_ROWS
+        xb, sb = x[lo:hi], soc[lo:hi]
+        # Solver noise: LP solutions carry values like 1e-12 kWh in slots that are off.
+        np.copyto(xb, 0.0, where=(xb < 1e-9) & (xb > -1e-9))
+        sb[:, 0] = 0.0
+        np.cumsum(xb, axis=1, out=sb[:, 1:])
+        sb *= spk[lo:hi]
+        sb += soc0[lo:hi]
+        np.divide(xb, p.slot_hours, out=power[lo:hi])
+
+    # Blocks of rows keep the passes over a large fleet's matrices in cache, and run on both
+    # cores (numpy releases the GIL); one block for a small fleet.
+    if n > _EVAL_ROWS:
+        from .independent import _map_blocks  # local import: independent imports this module
+
+        _map_blocks(rows, list(range(0, n, _EVAL_ROWS)))
+    else:
+        rows(0)
     _, last = p.window
     end_idx = np.where(last >= 0, last + 1, 0)
     soc_end = soc[np.arange(p.n_cars), end_idx]
@@ -569,7 +666,7 @@ def evaluate_plan(
         car_method = np.full(p.n_cars, method, dtype=object)
     return Plan(
         energy_kwh=x,
-        power_kw=x / p.slot_hours,
+        power_kw=power,
         soc=soc,
         soc_at_end=soc_end,
         shortfall_kwh=short,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 
 from .errors import SolverRefused
 from .feeder import solve_feeder_modulated
@@ -59,12 +58,18 @@ def _fits_feeder(p: FleetProblem, x: np.ndarray) -> bool:
 
 def _independent(p: FleetProblem, *, allow_fallback: bool) -> tuple[np.ndarray, np.ndarray]:
     """Solve every car as if alone; returns energies and the path used per car."""
-    x = np.zeros((p.n_cars, p.n_slots))
+    if p.is_onoff.all():
+        return solve_onoff_independent(p), np.full(p.n_cars, "onoff_dp", dtype=object)
     how = np.full(p.n_cars, "", dtype=object)
-    mod = np.flatnonzero(~p.is_onoff)
-    if mod.size:
+    if not p.is_onoff.any():
+        mod = np.arange(p.n_cars)
+        x, ok, used_dp = solve_independent_modulated(p)  # no copy of a large fleet's matrix
+    else:
+        mod = np.flatnonzero(~p.is_onoff)
+        x = np.zeros((p.n_cars, p.n_slots))
         xm, ok, used_dp = solve_independent_modulated(p, mod)
         x[mod] = xm
+    if mod.size:
         how[mod] = np.where(used_dp, "independent(taper dp)", "independent(cheapest fill)")
         bad = mod[~ok]
         if bad.size:
@@ -82,7 +87,7 @@ def _independent(p: FleetProblem, *, allow_fallback: bool) -> tuple[np.ndarray, 
 
 
 def _summary(how: np.ndarray) -> str:
-    names = sorted({str(h).split("(")[0] for h in pd.unique(how)})
+    names = sorted({str(h).split("(")[0] for h in set(how.tolist())})
     return "+".join(names) if names else "independent"
 
 
@@ -108,7 +113,8 @@ def solve(problem: FleetProblem, method: str = "auto") -> Plan:
     t0 = time.perf_counter()
 
     def done(x: np.ndarray, name: str, how=None) -> Plan:
-        return evaluate_plan(p, x, method=name, solve_seconds=time.perf_counter() - t0, car_method=how)
+        # Every path hands back a fresh matrix: the plan takes it without a copy.
+        return evaluate_plan(p, x, method=name, solve_seconds=time.perf_counter() - t0, car_method=how, copy=False)
 
     if method == "pyomo":
         return solve_pyomo(p)
