@@ -81,16 +81,16 @@ def test_car_that_needs_nothing_draws_nothing():
     assert plan.energy_kwh.sum() == 0 and plan.shortfall_kwh[0] == 0
 
 
-@pytest.mark.parametrize("n", [1000])
-def test_shared_price_path_is_fast(n):
-    import time
-
-    p = example_fleet(n, seed=2)
-    solve(p, "independent")
-    p = example_fleet(n, seed=3)
-    t0 = time.perf_counter()
-    solve(p, "independent")
-    assert time.perf_counter() - t0 < 2.0
+def test_shared_price_fleet_takes_the_vectorised_path_and_stays_feasible():
+    # Speed is measured in bench/scheduler.py; here: the path chosen and the plans' limits.
+    p = example_fleet(1000, seed=3)
+    plan = solve(p, "independent")
+    assert plan.method == "independent"
+    assert plan_violations(p, plan.energy_kwh) == []
+    # Cars whose target stays below the taper knee get the plain cheapest fill.
+    how = np.asarray(plan.car_method)
+    below_knee = p.need_kwh <= p.taper_free_kwh
+    assert below_knee.any() and (how[below_knee] == "independent(cheapest fill)").all()
 
 
 def test_cumsum_rows_is_numpy_cumsum_bit_for_bit():

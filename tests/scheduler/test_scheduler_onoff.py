@@ -1,7 +1,6 @@
 """The on/off programme against brute-force enumeration and the MILP."""
 
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -84,7 +83,7 @@ def test_cars_with_longer_runs_use_the_block_programme_in_the_same_call():
     assert plan_violations(mixed, x) == []
 
 
-def test_single_car_plans_are_fast():
+def test_single_car_plans_use_the_per_car_programme():
     # The smart policy solves one car per plug-in: 30 half-hour slots, a start penalty, a taper.
     rng = np.random.default_rng(3)
     kws = []
@@ -97,11 +96,13 @@ def test_single_car_plans_are_fast():
             price_gbp_per_kwh=rng.normal(0.2, 0.08, T), carbon_g_per_kwh=rng.uniform(50, 300, T),
             carbon_weight_gbp_per_kg=0.0, mode="onoff", start_penalty_gbp=0.02, min_run_slots=1, vehicle_ids=["v"],
         ))
-    solve(FleetProblem(**kws[0]))
-    t0 = time.perf_counter()
+    # Speed is measured in bench/scheduler.py; here: every call takes the exact programme,
+    # keeps the limits, and only falls short of the target after charging in every slot.
     for kw in kws:
-        plan = solve(FleetProblem(**kw))
-    per_call = (time.perf_counter() - t0) / len(kws)
-    assert plan.method == "onoff_dp"
-    # About 0.25 ms on the reference machine (it was 2.7 ms with the vectorised programme).
-    assert per_call < 1.2e-3, per_call
+        p = FleetProblem(**kw)
+        plan = solve(p)
+        assert plan.method == "onoff_dp"
+        assert plan_violations(p, plan.energy_kwh) == []
+        if plan.shortfall_kwh[0] > 1e-6:
+            # Falling short is only optimal when the car charged in every slot it could.
+            assert (plan.energy_kwh[0][p.availability[0] > 0] > 0).all()
