@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     if not q:
         targets.append(("100k independent < 1 s", tf < 1.0, tf, "s"))
 
-    # ---- feeder limit: min-cost flow + decomposition vs the plain highspy LP, side by side
+    # ---- feeder limit: min-cost flow + levels (decomposition as fallback) vs the plain highspy LP
     for n_f in ((300,) if q else (1000, 10000)):
         p = example_fleet(n_f, seed=3, feeder=True)
         fast, tf = timed(solve, p, "feeder")

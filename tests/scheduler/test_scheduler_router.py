@@ -59,6 +59,8 @@ def test_binding_feeder_with_onoff_cars_falls_back_to_the_milp():
 def test_feeder_refusal_falls_back_to_highs(monkeypatch):
     import twin.scheduler.feeder as feeder
 
+    # Levels that do not certify, then a decomposition that does not converge.
+    monkeypatch.setattr(feeder, "recover_at_levels", lambda p, beta0: None)
     monkeypatch.setattr(feeder, "MAX_ROUNDS", 0)
     p = example_fleet(20, seed=4, feeder=True)
     with pytest.raises(SolverRefused):
@@ -71,11 +73,19 @@ def test_unknown_method():
         solve(example_fleet(2), "magic")
 
 
-def test_large_coupled_fleets_go_to_the_lp(monkeypatch):
+def test_large_coupled_fleets_use_levels_or_the_lp(monkeypatch):
+    import twin.scheduler.feeder as feeder
     import twin.scheduler.router as solve_mod
 
     monkeypatch.setattr(solve_mod, "FEEDER_DECOMPOSITION_MAX_CARS", 10)
     p = example_fleet(20, seed=6, feeder=True)
+    ref = solve(p, "highs").objective_total_gbp
+    plan = solve(p, "auto")
+    assert plan.method == "feeder(flow+levels)"
+    assert abs(plan.objective_total_gbp - ref) <= 1e-6 * ref
+    # Levels that do not certify: too many cars for the decomposition, so the LP.
+    monkeypatch.setattr(feeder, "recover_at_levels", lambda p, beta0: None)
     plan = solve(p, "auto")
     assert plan.method == "highs"
-    assert abs(plan.objective_total_gbp - solve(p, "feeder").objective_total_gbp) <= 1e-6 * plan.objective_total_gbp
+    assert abs(plan.objective_total_gbp - ref) <= 1e-6 * ref
+    assert solve(p, "feeder").method == "feeder(flow+dw)"

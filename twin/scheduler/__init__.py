@@ -2,9 +2,9 @@
 
 Analysts call :func:`plan_charging` with two tables; code that already works in slot units
 builds a :class:`FleetProblem` and calls :func:`solve`, which picks an exact fast path
-(cheapest fill with an exact taper programme, an on/off programme, min-cost flow with
-Dantzig–Wolfe decomposition under a feeder limit) and falls back to one HiGHS LP/MILP when a
-path refuses. :func:`solve_pyomo` solves the readable reference model.
+(cheapest fill with an exact taper programme, an on/off programme, and under a feeder limit a
+min-cost flow whose prices are snapped to exact levels, certified by the Lagrangian bound, with
+Dantzig–Wolfe decomposition behind it) and falls back to one HiGHS LP/MILP when a path refuses. :func:`solve_pyomo` solves the readable reference model.
 
 Example
 -------

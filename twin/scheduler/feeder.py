@@ -1,7 +1,7 @@
 """Fast exact path for modulated fleets under a feeder limit.
 
 The feeder row ``sum_i x[i, t] <= feeder_kw[t] * slot_hours`` is the only thing coupling the
-cars, and it binds in a few slots. The path has three stages:
+cars, and it binds in a few slots. The path has four stages:
 
 1. **Independent optimum.** Solve every car alone (:mod:`.independent`); if the fleet's load
    fits under the feeder, that is the optimum.
@@ -11,10 +11,21 @@ cars, and it binds in a few slots. The path has three stages:
    shortfall, cost ``penalty * efficiency``), slot → sink (the feeder). OR-Tools'
    ``SimpleMinCostFlow`` solves it with network algorithms in a fraction of an LP's time. It
    needs integers: energies in whole Wh with capacities rounded **down** (rounding to the
-   nearest Wh can overshoot a limit) and costs in nano-GBP per Wh. Its plans are feasible for
-   the real data but not exactly optimal (they lose up to a Wh per arc), and they ignore the
-   taper, so they only seed stage 3.
-3. **Dantzig–Wolfe decomposition.** A master LP (HiGHS) chooses, for each car, a convex
+   nearest Wh can overshoot a limit) and costs in nano-GBP per Wh. Its plans ignore the taper
+   and lose up to a Wh per arc; what the later stages use is its feeder prices
+   (:func:`flow_prices`, from complementary slackness).
+3. **Levels.** With a price shared by all cars, the feeder fills a group of slots until their
+   cost plus feeder price is one value, a *level*, set by a slot the feeder does not fill (or
+   by a car's shortfall value). The flow's prices are snapped to the exact level; each car's
+   own optimum at those prices is computed exactly (taper included); the cars whose taper
+   cannot bind and that draw part of their energy at the level only care how much they draw
+   there, so a second min-cost flow (in 1e-12 kWh units) re-divides that energy among the
+   level's slots so that the full slots fill exactly. The plans are accepted only when their
+   objective equals the Lagrangian lower bound at the snapped prices to :data:`GAP_TOL`: then
+   they are optimal, whatever was assumed on the way. This is the stage that solves large
+   fleets: most cars are tied on the level, which defeats a decomposition.
+4. **Dantzig–Wolfe decomposition**, when the levels do not certify (per-car prices, a level
+   set by a taper-bound car, ...). A master LP (HiGHS) chooses, for each car, a convex
    combination of that car's plans subject to the feeder rows; its duals price the feeder,
    and each car's best plan at those prices (the exact independent path again, taper
    included) is added when it improves the master. When no car's plan improves, the master's
@@ -24,11 +35,10 @@ cars, and it binds in a few slots. The path has three stages:
 The master has one row per *active* car and one per slot the feeder can bind in; at an optimal
 basis at most as many cars as there are binding feeder slots mix several plans.
 
-Performance: with a price shared by all cars, most cars tie between the binding slots at the
-feeder's prices, so the flow's whole-Wh plans are not quite optimal for the real data and
-nearly every car ends up active. The example fleet (:func:`twin.scheduler.example_fleet`) then
-takes about as long as the HiGHS LP at 1k cars and four times longer at 10k, which is why the
-router sends large coupled fleets to the LP.
+Performance: on the example fleet (:func:`twin.scheduler.example_fleet`) the levels certify
+and 10k cars take about 1.5 s (the HiGHS LP: about 35 s). The decomposition is slow when
+many cars are marginal (about as long as the LP at 1k cars, four times longer at 10k), which
+is why the router sends large fleets that the levels do not certify to the LP.
 """
 
 from __future__ import annotations
@@ -57,6 +67,11 @@ GAP_TOL = 1e-9
 REDUCED_COST_TOL_GBP = 1e-12
 # A safety net: past this many pricing rounds the path refuses and the caller uses the LP.
 MAX_ROUNDS = 200
+# Binding slots whose cost plus feeder price agree to this much (GBP/kWh) form one level (the
+# flow's costs are whole micro-GBP per kWh).
+LEVEL_TOL_GBP_PER_KWH = 5e-6
+# Price nudge (GBP/kWh) that breaks a taper-bound car's ties towards a level's full slots.
+TIE_BREAK_GBP_PER_KWH = 1e-9
 
 
 def _car_objective(p: FleetProblem, cars: np.ndarray, x: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
@@ -179,6 +194,166 @@ def flow_prices(p: FleetProblem, info: dict) -> np.ndarray | None:
     return np.maximum(beta, 0.0) / COST_UNITS_PER_GBP_PER_KWH
 
 
+def _levels(p: FleetProblem, beta0: np.ndarray) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Snap the flow's feeder prices to exact *levels*.
+
+    Under a binding feeder the cars move energy between the full slots until those slots cost
+    the same with their feeder price added: a level. The flow's prices show the levels up to
+    its integer cost unit. A level is set by a slot the feeder does not fill whose cost lies on
+    it (cars are indifferent between it and the full slots) or, when the feeder leaves cars
+    short, by the shortfall value of a car that is indifferent between charging and falling
+    short. The level is snapped to that exact value and the full slots' prices to
+    ``level - cost``. Returns the snapped prices and, per level, its full slots, the slots that
+    set it and the cars that set it (either may be empty).
+    """
+    c = p.unit_cost_shared
+    T = p.n_slots
+    beta = np.zeros(T)
+    bind = np.flatnonzero(beta0 > 0)
+    if bind.size == 0:
+        return beta, []
+    m0 = c + beta0
+    sv = p.shortfall_value
+    order = bind[np.argsort(m0[bind], kind="stable")]
+    levels = []
+    for band in np.split(order, np.flatnonzero(np.diff(m0[order]) > LEVEL_TOL_GBP_PER_KWH) + 1):
+        lam = float(m0[band].mean())
+        near = np.flatnonzero((beta0 == 0) & (np.abs(c - lam) <= LEVEL_TOL_GBP_PER_KWH))
+        near_cars = np.flatnonzero(np.abs(sv - lam) <= LEVEL_TOL_GBP_PER_KWH)
+        setters, setter_cars = near[:0], near_cars[:0]
+        if near.size:
+            lam = float(c[near[np.argmin(np.abs(c[near] - lam))]])
+            setters = near[c[near] == lam]
+        elif near_cars.size:
+            lam = float(sv[near_cars[np.argmin(np.abs(sv[near_cars] - lam))]])
+            setter_cars = near_cars[sv[near_cars] == lam]
+        beta[band] = np.maximum(lam - c[band], 0.0)
+        levels.append((np.sort(band), setters, setter_cars))
+    return beta, levels
+
+
+def _route(supply: np.ndarray, cap: np.ndarray, room: np.ndarray, full: np.ndarray, optional: np.ndarray) -> np.ndarray | None:
+    """Place each car's ``supply`` (kWh) in a level's slots, filling the ``full`` slots' room.
+
+    A min-cost flow in fine integer units (cost -1 per unit in a full slot, 0 in a setting
+    slot) routes every car's energy within its slot capacities ``cap`` (k, L) and the slots'
+    ``room`` (L,); cars marked ``optional`` may leave part of theirs unplaced (they are
+    indifferent to falling short). The units lost to rounding are then placed greedily.
+    ``None`` when the energy does not fit.
+    """
+    k, L = cap.shape
+    if (room < -FEASIBILITY_TOL_KWH).any():
+        return None
+    room = np.maximum(room, 0.0)
+    # As fine as int64 allows (the flow and its cost stay below 2**62), at most 1e-12 kWh.
+    unit = min(1e12, 4e18 / max(1.0, float(supply.sum() + room.sum())))
+    ci, li = np.nonzero(cap > 0)
+    oc = np.flatnonzero(optional)
+    sink = k + L
+    tails = np.concatenate([ci, k + np.arange(L), oc]).astype(np.int32)
+    heads = np.concatenate([k + li, np.full(L + oc.size, sink)]).astype(np.int32)
+    caps = np.floor(np.concatenate([cap[ci, li], room, supply[oc]]) * unit).astype(np.int64)
+    costs = np.concatenate([np.zeros(ci.size, np.int64), np.where(full, -1, 0), np.zeros(oc.size)]).astype(np.int64)
+    sup = np.zeros(sink + 1, np.int64)
+    sup[:k] = np.floor(supply * unit).astype(np.int64)
+    sup[sink] = -sup[:k].sum()
+    mcf = min_cost_flow.SimpleMinCostFlow()
+    arcs = mcf.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
+    mcf.set_nodes_supplies(np.arange(sink + 1, dtype=np.int32), sup)
+    if mcf.solve() != mcf.OPTIMAL:
+        return None
+    y = np.zeros((k, L))
+    y[ci, li] = np.asarray(mcf.flows(np.asarray(arcs[: ci.size], dtype=np.int32))) / unit
+    short = np.where(optional, 0.0, np.maximum(supply - y.sum(axis=1), 0.0))
+    spare = room - y.sum(axis=0)
+    for j in np.argsort(full, kind="stable"):  # setting slots first
+        add = np.minimum(short, np.maximum(cap[:, j] - y[:, j], 0.0))
+        cum = np.cumsum(add)
+        add = np.clip(spare[j] - (cum - add), 0.0, add)
+        y[:, j] += add
+        short -= add
+        spare[j] -= add.sum()
+    return y
+
+
+def _spread_ties(p: FleetProblem, x0: np.ndarray, levels, flexible: np.ndarray) -> np.ndarray | None:
+    """Re-divide, level by level, the energy of the tied cars among the level's slots.
+
+    A car whose taper cannot bind and that uses part of a level only cares how much it draws
+    there, not in which of the level's slots: that amount stays as in ``x0`` and is routed so
+    that the feeder-limited slots fill up (:func:`_route`). A car that sets the level with its
+    shortfall value may draw anything up to its remaining need there.
+    """
+    fp = cached_forced_prefix(p)
+    lim = p.feeder_kw * p.slot_hours
+    x = x0.copy()
+    for band, setters, setter_cars in levels:
+        slots = np.concatenate([band, setters])
+        # The level's slots must lie past each car's min-SoC prefix (no lower bound on them).
+        lo = slots.min()
+        clean = flexible & ((fp.first_free < lo) | ((fp.first_free == lo) & (fp.lower_kwh <= 0.0)))
+        if not clean[setter_cars].all():
+            return None
+        cap = p.cap_kwh[:, slots]
+        used = x[:, slots].sum(axis=1)
+        tied = clean & (used > 1e-12) & (used < cap.sum(axis=1) - 1e-12)
+        tied[setter_cars] = True
+        tc = np.flatnonzero(tied)
+        supply = used[tc]
+        optional = np.isin(tc, setter_cars)
+        elsewhere = x[tc].sum(axis=1) - supply
+        supply[optional] = np.minimum(cap[tc[optional]].sum(axis=1), np.maximum(p.need_kwh[tc[optional]] - elsewhere[optional], 0.0))
+        room = lim[slots] - x[:, slots].sum(axis=0) + x[np.ix_(tc, slots)].sum(axis=0)
+        y = _route(supply, cap[tc], room, np.isin(slots, band), optional)
+        if y is None:
+            return None
+        x[np.ix_(tc, slots)] = y
+    return x
+
+
+def recover_at_levels(p: FleetProblem, beta0: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Exact plans from the flow's feeder prices, certified by the Lagrangian bound.
+
+    At the snapped prices (:func:`_levels`) every car's own optimum is computed exactly
+    (:mod:`.independent`, taper included); the cars whose taper cannot bind and that are tied
+    on a level are then re-divided among its slots (:func:`_spread_ties`). Cars with a binding
+    taper keep their own optimum, first with ties broken towards the feeder-limited slots, then
+    as solved. The plans are returned when their objective is within :data:`GAP_TOL` of the
+    Lagrangian lower bound at those prices, with the gap (GBP); otherwise ``None``.
+    """
+    beta, levels = _levels(p, beta0)
+    if not levels:
+        return None
+    N = p.n_cars
+    cars = np.arange(N)
+    lim = p.feeder_kw * p.slot_hours
+    own, ok, _ = solve_independent_modulated(p, extra_cost_gbp_per_kwh=beta)
+    if not ok.all():
+        return None
+    lower = float(_car_objective(p, cars, own, beta).sum() - (beta * lim).sum())
+    flexible = p.need_kwh <= p.taper_free_kwh + FEASIBILITY_TOL_KWH
+    starts = []
+    rigid = np.flatnonzero(~flexible)
+    if rigid.size:
+        nudged = beta.copy()
+        for band, _, _ in levels:
+            nudged[band] -= TIE_BREAK_GBP_PER_KWH
+        xr, ok, _ = solve_independent_modulated(p, rigid, extra_cost_gbp_per_kwh=nudged)
+        if ok.all():
+            x = own.copy()
+            x[rigid] = xr
+            starts.append(x)
+    starts.append(own)
+    for x0 in starts:
+        x = _spread_ties(p, x0, levels, flexible)
+        if x is None or (x.sum(axis=0) > lim + FEASIBILITY_TOL_KWH).any():
+            continue
+        gap = float(_car_objective(p, cars, x).sum()) - lower
+        if gap <= GAP_TOL * max(1.0, abs(lower)):
+            return x, max(gap, 0.0)
+    return None
+
+
 class _Master:
     """The Dantzig–Wolfe master LP over the *active* cars, kept in HiGHS between rounds.
 
@@ -275,23 +450,35 @@ class _MasterInfeasible(Exception):
     pass
 
 
-def solve_feeder_modulated(p: FleetProblem, *, use_flow: bool = True) -> tuple[np.ndarray, dict]:
+def solve_feeder_modulated(
+    p: FleetProblem,
+    *,
+    use_flow: bool = True,
+    use_levels: bool = True,
+    decomposition: bool = True,
+    independent: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict]:
     """Exact plans of a modulated fleet under its feeder limit.
 
-    Cars start at their best plan under the feeder prices implied by the min-cost flow
-    (:func:`flow_prices`); only cars that the flow shows to be marginal, or whose taper the
-    flow ignored, enter the master at first. Each round prices every car at the master's feeder
-    duals; a held car whose plan is no longer its best joins the master. The rounds stop when
-    the Lagrangian bound certifies the master's solution to :data:`GAP_TOL`.
+    The min-cost flow's feeder prices (:func:`flow_prices`) are first snapped to levels and
+    the tied cars re-divided (:func:`recover_at_levels`); when the Lagrangian bound certifies
+    those plans, they are returned. Otherwise (and with ``decomposition``) the Dantzig–Wolfe
+    rounds start: cars start at their best plan under the flow's prices; only cars that the
+    flow shows to be marginal, or whose taper the flow ignored, enter the master at first. Each
+    round prices every car at the master's feeder duals; a held car whose plan is no longer its
+    best joins the master. The rounds stop when the Lagrangian bound certifies the master's
+    solution to :data:`GAP_TOL`.
 
-    Returns the (N, T) energies (kWh) and a dict with ``rounds``, ``stage``
-    (``"independent"`` when the limit does not bind, else ``"flow+dw"``), ``active`` (cars in
-    the master) and ``gap_gbp``.
+    ``independent`` may pass the fleet's exact independent optimum when the caller already has
+    it. Returns the (N, T) energies (kWh) and a dict with ``rounds``, ``stage``
+    (``"independent"`` when the limit does not bind, ``"flow+levels"`` or ``"flow+dw"``),
+    ``active`` (cars in the master) and ``gap_gbp``.
 
     Raises
     ------
     SolverRefused
-        If a car's exact independent path refuses, or the decomposition does not converge.
+        If a car's exact independent path refuses, the levels do not certify and
+        ``decomposition`` is off, or the decomposition does not converge.
     InfeasibleProblem
         If min-SoC charging alone exceeds the feeder.
     """
@@ -303,9 +490,11 @@ def solve_feeder_modulated(p: FleetProblem, *, use_flow: bool = True) -> tuple[n
     cars = np.arange(N)
     lim = p.feeder_kw * p.slot_hours
     tol = FEASIBILITY_TOL_KWH
-    x0, ok, _ = solve_independent_modulated(p)
-    if not ok.all():
-        raise SolverRefused("the exact independent path refused some cars")
+    x0 = independent
+    if x0 is None:
+        x0, ok, _ = solve_independent_modulated(p)
+        if not ok.all():
+            raise SolverRefused("the exact independent path refused some cars")
     if (x0.sum(axis=0) <= lim + tol).all():
         return x0, {"rounds": 0, "stage": "independent", "active": 0, "gap_gbp": 0.0}
     forced = _forced(p)
@@ -317,16 +506,22 @@ def solve_feeder_modulated(p: FleetProblem, *, use_flow: bool = True) -> tuple[n
         )
     rows_t = np.flatnonzero(p.cap_kwh.sum(axis=0) > lim)
     beta = np.zeros(T)
-    xf = None
+    xf = b0 = None
     held = x0
     if use_flow:
         xf, info = transportation_flow(p, return_info=True)
         b0 = flow_prices(p, info)
-        if b0 is not None:
-            beta = b0
-            held, ok, _ = solve_independent_modulated(p, extra_cost_gbp_per_kwh=beta)
-            if not ok.all():
-                raise SolverRefused("the exact independent path refused some cars")
+        if b0 is not None and use_levels:
+            got = recover_at_levels(p, b0)
+            if got is not None:
+                return got[0], {"rounds": 0, "stage": "flow+levels", "active": 0, "gap_gbp": got[1]}
+    if not decomposition:
+        raise SolverRefused("the flow's feeder prices did not certify the plans, and decomposition is off")
+    if b0 is not None:
+        beta = b0
+        held, ok, _ = solve_independent_modulated(p, extra_cost_gbp_per_kwh=beta)
+        if not ok.all():
+            raise SolverRefused("the exact independent path refused some cars")
     cum = None
     taper_ok = np.ones(N, bool)
     if xf is not None:

@@ -10,18 +10,19 @@ Paths (``method``)
     On/off cars without a binding feeder limit: the exact per-car programme
     (:mod:`.onoff`). Refuses modulated cars and a feeder limit that the plans break.
 ``"feeder"``
-    Modulated fleets under a feeder limit: min-cost flow plus Dantzig–Wolfe decomposition
-    (:mod:`.feeder`). Refuses on/off cars.
+    Modulated fleets under a feeder limit: min-cost flow, its feeder prices snapped to exact
+    levels with the tied cars re-divided, and Dantzig–Wolfe decomposition when those plans do
+    not certify (:mod:`.feeder`). Refuses on/off cars.
 ``"highs"``
     The whole model as one LP/MILP built as matrices for HiGHS (:mod:`.highs_model`).
 ``"pyomo"``
     The reference model (:mod:`.pyomo_model`).
 ``"auto"``
     Independent cars go to ``"independent"`` / ``"onoff_dp"`` (a plan that fits under the
-    feeder limit is optimal for the coupled problem too); a binding feeder limit goes to
-    ``"feeder"`` for modulated fleets of up to :data:`FEEDER_DECOMPOSITION_MAX_CARS` cars and
-    to ``"highs"`` for larger fleets or when on/off cars are present; any refusal falls back
-    to ``"highs"``.
+    feeder limit is optimal for the coupled problem too); a binding feeder limit on a
+    modulated fleet goes to ``"feeder"`` (its decomposition stage only for fleets of up to
+    :data:`FEEDER_DECOMPOSITION_MAX_CARS` cars), and to ``"highs"`` when on/off cars are
+    present; any refusal falls back to ``"highs"``.
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ __all__ = ["solve", "METHODS"]
 #: Accepted values of ``method``.
 METHODS = ("auto", "independent", "onoff_dp", "feeder", "highs", "pyomo")
 
-# Above this many cars a binding feeder limit goes straight to the HiGHS LP: with a shared
-# price most cars are marginal at the feeder's prices, the decomposition's master then holds
-# every car, and measured on the example fleet it is on par with the LP at 1k cars (1.5 s vs
-# 1.8 s) but four times slower at 10k (140 s vs 35 s).
+# Above this many cars, plans that the flow's levels do not certify go to the HiGHS LP rather
+# than the decomposition: with a shared price most cars are marginal at the feeder's prices,
+# the master then holds every car, and measured on the example fleet it is on par with the LP
+# at 1k cars (1.5 s vs 1.8 s) but four times slower at 10k (140 s vs 35 s).
 FEEDER_DECOMPOSITION_MAX_CARS = 2000
 
 
@@ -150,12 +151,13 @@ def solve(problem: FleetProblem, method: str = "auto") -> Plan:
     x, how = _independent(p, allow_fallback=True)
     if _fits_feeder(p, x):
         return done(x, _summary(how), how)
-    if p.n_cars <= FEEDER_DECOMPOSITION_MAX_CARS:
-        try:
-            x, info = solve_feeder_modulated(p)
-            name = f"feeder({info['stage']})"
-            return done(x, name, np.full(p.n_cars, name, dtype=object))
-        except SolverRefused:
-            pass
+    try:
+        x, info = solve_feeder_modulated(
+            p, decomposition=p.n_cars <= FEEDER_DECOMPOSITION_MAX_CARS, independent=x
+        )
+        name = f"feeder({info['stage']})"
+        return done(x, name, np.full(p.n_cars, name, dtype=object))
+    except SolverRefused:
+        pass
     _, x = run_highs(build_highs_model(p))
     return done(x, "highs", np.full(p.n_cars, "highs", dtype=object))
