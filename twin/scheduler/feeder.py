@@ -321,6 +321,8 @@ def recover_at_levels(p: FleetProblem, beta0: np.ndarray) -> tuple[np.ndarray, f
     as solved. The plans are returned when their objective is within :data:`GAP_TOL` of the
     Lagrangian lower bound at those prices, with the gap (GBP); otherwise ``None``.
     """
+    if p.unit_cost_shared is None:
+        return None  # levels are a property of a price shared by all cars
     beta, levels = _levels(p, beta0)
     if not levels:
         return None
