@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from twin.scheduler import FleetProblem, SolverRefused, example_fleet, solve
+from twin.scheduler import FleetProblem, SolverRefused, example_fleet, plan_violations, solve
 import twin.scheduler._taper_dp as taper_dp
 
 
@@ -78,6 +78,7 @@ def test_large_coupled_fleets_use_levels_or_the_lp(monkeypatch):
     import twin.scheduler.router as solve_mod
 
     monkeypatch.setattr(solve_mod, "FEEDER_DECOMPOSITION_MAX_CARS", 10)
+    monkeypatch.setattr(solve_mod, "FEEDER_LP_MAX_CARS", 0)  # 20 cars stand in for a large fleet
     p = example_fleet(20, seed=6, feeder=True)
     ref = solve(p, "highs").objective_total_gbp
     plan = solve(p, "auto")
@@ -89,3 +90,12 @@ def test_large_coupled_fleets_use_levels_or_the_lp(monkeypatch):
     assert plan.method == "highs"
     assert abs(plan.objective_total_gbp - ref) <= 1e-6 * ref
     assert solve(p, "feeder").method == "feeder(flow+dw)"
+
+
+def test_a_few_coupled_cars_go_straight_to_one_lp():
+    # one car under a per-slot cap (the room a feeder leaves it) and a handful of cars under a
+    # binding feeder: the LP, whose answer the flow would only reach by iterating
+    p = example_fleet(8, seed=3, feeder=True)
+    plan = solve(p, "auto")
+    assert plan.method == "highs" and plan_violations(p, plan.energy_kwh) == []
+    assert abs(plan.objective_total_gbp - solve(p, "pyomo").objective_total_gbp) <= 1e-6 * abs(plan.objective_total_gbp)
