@@ -20,12 +20,13 @@ into settlement slots). Tests check that they agree.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ChargeCurve", "soc_after_array", "curve_arrays"]
+__all__ = ["ChargeCurve", "soc_after_array", "curve_arrays", "capped_arrays"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,16 @@ class ChargeCurve:
         setattr_(self, "_s_inf", (self.vehicle_kw + b * self.knee_soc) / b if b > 0.0 else math.inf)
         setattr_(self, "_k", self.efficiency * b / self.battery_kwh)
 
+    def capped(self, kw: float) -> ChargeCurve:
+        """This car with its draw limited to ``kw`` (a charging current set through the OEM API).
+
+        The taper is the car's own and stays; only the flat limit falls. ``kw`` at or above
+        :attr:`max_kw` returns the curve itself.
+        """
+        if kw >= self.max_kw:
+            return self
+        return _capped(self, float(kw))
+
     def power_kw(self, soc: float) -> float:
         """Grid-side power drawn at ``soc``, kW."""
         if soc <= self.taper_soc:
@@ -119,6 +130,13 @@ class ChargeCurve:
         return hours + math.log((s_inf - soc) / (s_inf - target)) / self._k
 
 
+@functools.lru_cache(maxsize=4096)
+def _capped(curve: ChargeCurve, kw: float) -> ChargeCurve:
+    # A fleet uses a handful of (model, current) pairs; each capped curve is built once.
+    return ChargeCurve(curve.battery_kwh, min(curve.charger_kw, kw), curve.vehicle_kw, curve.efficiency,
+                       curve.knee_soc, curve.floor_kw)
+
+
 def curve_arrays(curves: list[ChargeCurve]) -> dict[str, np.ndarray]:
     """Struct-of-arrays form of many curves, the input of :func:`soc_after_array`."""
     cap = np.array([c.battery_kwh for c in curves], dtype=float)
@@ -131,6 +149,25 @@ def curve_arrays(curves: list[ChargeCurve]) -> dict[str, np.ndarray]:
         "slope_kw": np.array([c.slope_kw for c in curves], dtype=float),
         "taper_soc": np.array([c.taper_soc for c in curves], dtype=float),
     }
+
+
+def capped_arrays(arrays: dict[str, np.ndarray], cap_kw: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`curve_arrays` rows with each draw limited to ``cap_kw`` (``inf``: no limit).
+
+    The vectorised form of :meth:`ChargeCurve.capped`: the flat limit falls to the cap, and the
+    SoC above which the taper binds moves up accordingly.
+    """
+    cap_kw = np.asarray(cap_kw, dtype=float)
+    if not np.any(cap_kw < arrays["max_kw"]):
+        return arrays
+    out = dict(arrays)
+    max_kw = np.minimum(arrays["max_kw"], cap_kw)
+    b = arrays["slope_kw"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = arrays["knee_soc"] + (arrays["vehicle_kw"] - max_kw) / b
+    out["max_kw"] = max_kw
+    out["taper_soc"] = np.where((b > 0) & (s < 1.0), s, np.inf)
+    return out
 
 
 def soc_after_array(arrays: dict[str, np.ndarray], soc: np.ndarray, hours: np.ndarray) -> np.ndarray:

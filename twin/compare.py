@@ -92,10 +92,7 @@ def compare(scenario: Scenario | str | Path | dict[str, Any], policies: Sequence
     if not policies:
         raise ScenarioError("policies", ["give at least one policy"])
     for p in policies:
-        try:
-            check_policy(p)
-        except ValueError as exc:
-            raise ScenarioError("policies", [str(exc)]) from None
+        check_policy(p, "policies")
     results = {}
     for p in policies:
         step = (lambda f, p=p: progress(p, f)) if progress is not None else None

@@ -1,4 +1,4 @@
-"""Domain types: vehicles, chargers, driver preferences, grid signals, the site.
+"""Domain types: vehicles, chargers, driver preferences, grid signals, SoC constants.
 
 All times are timezone-aware UTC. SoC is a fraction 0..1 everywhere in code.
 """
@@ -12,7 +12,14 @@ import pandas as pd
 
 from twin.battery import ChargeCurve
 
-__all__ = ["VehicleSpec", "Charger", "Preferences", "Site", "Signals", "next_time_of_day", "utc"]
+__all__ = [
+    "VehicleSpec", "Charger", "Preferences", "Signals", "SOC_TOLERANCE", "next_time_of_day", "utc",
+    "vehicle_curves",
+]
+
+# SoC differences below this are treated as "at target". OEMs report SoC in 1 % steps at best,
+# so anything finer than a tenth of that is noise, not unmet demand.
+SOC_TOLERANCE = 1e-3
 
 
 def utc(value: datetime | str | pd.Timestamp) -> datetime:
@@ -87,13 +94,6 @@ class Preferences:
         return next_time_of_day(plugged_in_at, self.ready_by)
 
 
-@dataclass(frozen=True, slots=True)
-class Site:
-    """Where the cars charge. ``feeder_kw`` caps the fleet's total draw (None: no cap)."""
-
-    feeder_kw: float | None = None
-
-
 @dataclass(frozen=True)
 class Signals:
     """Price and carbon per settlement slot: the actual series and what was forecast.
@@ -141,6 +141,17 @@ class Signals:
     def slot_hours(self) -> float:
         return self.slot_minutes / 60.0
 
-    def covers(self, start: datetime, end: datetime) -> bool:
-        return self.start <= start and end <= self.end
 
+def vehicle_curves(vehicles: pd.DataFrame) -> list[ChargeCurve]:
+    """The charging curve of every car of a vehicles table (see :mod:`twin.sim.behaviour`).
+
+    Uses the columns ``battery_kwh``, ``max_ac_kw``, ``efficiency``, ``taper_knee_soc``,
+    ``taper_floor_kw`` and ``charger_kw``; one curve per row, in row order.
+    """
+    return [
+        VehicleSpec(
+            battery_kwh=r.battery_kwh, max_ac_kw=r.max_ac_kw, efficiency=r.efficiency,
+            taper_knee_soc=r.taper_knee_soc, taper_floor_kw=r.taper_floor_kw,
+        ).curve(Charger(r.charger_kw))
+        for r in vehicles.itertuples()
+    ]

@@ -2,9 +2,9 @@
 
 Every session is known in advance — arrival, departure, ready-by, target — and so are the
 *actual* prices and carbon. Each session is planned on the scenario's slot grid with the same
-objective and control mode as the ``smart`` policy (:class:`twin.policies.ControlParams`,
-on/off), over the window from arrival to ready-by, or to departure if the driver leaves
-earlier.
+objective and control mode as the ``smart`` policy (:class:`twin.control.config.ControlParams`;
+continuous power for cars whose charging current can be set, on/off for the others), over the
+window from arrival to ready-by, or to departure if the driver leaves earlier.
 
 Sessions of one car are linked through its battery: a session's arrival SoC is what the
 previous plan left, minus the driving in between. Sessions are therefore solved in rounds (the
@@ -18,45 +18,58 @@ MILP that does not scale to a fleet-week), and a policy can occasionally beat it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
-from twin.domain import Signals
-from twin.domain import Charger, VehicleSpec
-from twin.policies import ControlParams, block_full_slots, expected_kw
-from twin.scheduler import FleetProblem, solve
+from twin.control.config import ControlParams
+from twin.control.planning import (
+    expected_kw, feeder_room, least_slack_order, session_plans, session_problem, settable_levels,
+)
+from twin.control.policies import Optimal
+from twin.control.track import SessionPlan
+from twin.domain import Signals, vehicle_curves
+from twin.oem import Capabilities
 
-__all__ = ["Foresight", "perfect_foresight"]
+__all__ = ["Foresight", "perfect_foresight", "optimal_policy"]
 
 
 @dataclass
 class Foresight:
     """Perfect-foresight plans.
 
-    ``on``: (sessions, slots) bool, the slots each session charges in (row order = the
-    ``sessions`` table); ``summary``: one row per session with ``session_id``, ``vehicle_id``,
-    ``soc_arrival``, ``soc_at_end`` (expected at ready-by), ``energy_kwh``, ``cost_gbp``,
-    ``carbon_kg``, ``objective_gbp`` (cost + carbon weight × carbon, as planned on the slot
-    model, at actual prices; start penalties excluded).
+    ``plans``: one :class:`SessionPlan` per session (row order = the ``sessions`` table), on
+    the whole scenario's slot grid; ``summary``: one row per session with ``session_id``,
+    ``vehicle_id``, ``soc_arrival``, ``soc_at_end`` (expected at ready-by), ``energy_kwh``,
+    ``cost_gbp``, ``carbon_kg``, ``objective_gbp`` (cost + carbon weight × carbon, as planned on
+    the slot model, at actual prices; start penalties excluded).
     """
 
-    on: np.ndarray
+    plans: list[SessionPlan]
     summary: pd.DataFrame
     slot_starts: pd.DatetimeIndex
     solve_seconds: float
 
 
 def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: Signals,
-                      params: ControlParams | None = None, feeder_kw: float | None = None) -> Foresight:
-    """Plan every session of a scenario knowing everything in advance (see module docstring)."""
+                      params: ControlParams | None = None, feeder_kw: float | None = None,
+                      current: Mapping[str, Capabilities] | None = None) -> Foresight:
+    """Plan every session of a scenario knowing everything in advance (see module docstring).
+
+    ``current``: the capabilities of the cars whose charging current can be set (by vehicle
+    id); they are planned modulated, on the powers they can be set to. The rest are on/off.
+    """
     params = params or ControlParams()
     frame = signals.frame
     nslots = len(frame)
     slot_s = signals.slot_minutes * 60.0
     slot_h = slot_s / 3600.0
     origin = frame.index[0]
+    first = origin.to_pydatetime()
+    slot = timedelta(seconds=slot_s)
     s = sessions.reset_index(drop=True)
     veh = vehicles.set_index("vehicle_id").loc[s["vehicle_id"]]
     start = ((s["arrival"] - origin).dt.total_seconds() / slot_s).to_numpy()
@@ -66,16 +79,17 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
     # row of the same car's previous session (NaN for a first session)
     prev_index = pd.Series(np.arange(len(s))).groupby(s["vehicle_id"]).shift().to_numpy()
     battery = veh["battery_kwh"].to_numpy()
-    max_kw = np.minimum(veh["max_ac_kw"], veh["charger_kw"]).to_numpy()
     target = s["target_soc"].to_numpy()
+    min_soc = s["min_soc"].to_numpy()
+    current = current or {}
+    vids = s["vehicle_id"].to_numpy()
     price = frame["price_gbp_per_kwh"].to_numpy()
     carbon_g = frame["carbon_g_per_kwh"].to_numpy()
-    curves = [
-        VehicleSpec(r.battery_kwh, r.max_ac_kw, r.efficiency, r.taper_knee_soc, r.taper_floor_kw).curve(Charger(r.charger_kw))
-        for r in veh.itertuples()
-    ]
+    curves = vehicle_curves(veh.reset_index())
+    settable = [settable_levels(current[v], c.max_kw) if v in current else None for v, c in zip(vids, curves)]
+    mod = np.array([g is not None for g in settable], dtype=bool)
 
-    on = np.zeros((len(s), nslots), dtype=bool)
+    plans: list[SessionPlan | None] = [None] * len(s)
     soc_arrival = s["soc_arrival"].to_numpy().copy()
     soc_end = np.full(len(s), np.nan)
     energy = np.zeros((len(s), nslots))
@@ -95,36 +109,27 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
             batches = [rows]
         else:
             # one session at a time, least slack (hours to spare charging flat out) first
-            slack = [(end[i] - start[i]) * slot_h - curves[i].hours_to(soc_arrival[i], target[i]) for i in rows]
-            batches = [rows[[j]] for j in np.argsort(slack, kind="stable")]
+            order = least_slack_order((end[rows] - start[rows]) * slot_h, [curves[i] for i in rows],
+                                      soc_arrival[rows], target[rows])
+            batches = [rows[[j]] for j in order]
         for b in batches:
-            batch_price = price
+            batch_price, feeder = price, None
             if feeder_kw is not None:
-                batch_price = block_full_slots(price, feeder_kw - used_kw, float(max_kw[b[0]]))[None, :]
-            r = veh.iloc[b]
-            plan = solve(FleetProblem(
-                slot_hours=slot_h,
-                battery_kwh=battery[b],
-                soc0=soc_arrival[b],
-                target_soc=target[b],
-                min_soc=np.minimum(s["min_soc"].to_numpy()[b], target[b]),
-                start_slot=start[b],
-                end_slot=end[b],
-                max_kw=max_kw[b],
-                vehicle_max_kw=r["max_ac_kw"].to_numpy(),
-                efficiency=r["efficiency"].to_numpy(),
-                taper_knee_soc=r["taper_knee_soc"].to_numpy(),
-                taper_floor_kw=np.minimum(r["taper_floor_kw"], r["max_ac_kw"]).to_numpy(),
-                price_gbp_per_kwh=batch_price,
-                carbon_g_per_kwh=carbon_g,
-                carbon_weight_gbp_per_kg=params.carbon_weight_gbp_per_kg,
-                mode="onoff",
-                start_penalty_gbp=params.start_penalty_gbp,
-                min_run_slots=params.min_run_slots,
-                vehicle_ids=s["vehicle_id"].to_numpy()[b].tolist(),
-            ))
+                grid = settable[b[0]]
+                batch_price, feeder = feeder_room(price, feeder_kw - used_kw, curves[b[0]],
+                                                  None if grid is None else float(grid[0]))
+            c = [curves[i] for i in b]
+            problem = session_problem(
+                c, slot_hours=slot_h, soc0=soc_arrival[b], target_soc=target[b], min_soc=min_soc[b],
+                start_slot=start[b], end_slot=end[b], price=batch_price, carbon=carbon_g, params=params,
+                modulated=mod[b], feeder_kw=feeder, vehicle_ids=s["vehicle_id"].to_numpy()[b].tolist(),
+            )
+            from twin.scheduler import solve
+
+            plan = solve(problem)
             seconds += plan.solve_seconds
-            on[b] = plan.on if plan.on is not None else plan.energy_kwh > 0
+            for i, p in zip(b, session_plans(problem, plan, c, first, slot, [settable[i] for i in b])):
+                plans[i] = p
             soc_end[b] = plan.soc_at_end
             energy[b] = plan.energy_kwh
             if feeder_kw is not None:
@@ -132,7 +137,8 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
                 i = int(b[0])
                 slots = np.arange(nslots)
                 available = np.clip(np.minimum(slots + 1, end[i]) - np.maximum(slots, start[i]), 0, 1) * slot_h
-                used_kw += expected_kw(curves[i], float(soc_arrival[i]), float(target[i]), on[i], available, slot_h)
+                used_kw += expected_kw(curves[i], float(soc_arrival[i]), float(target[i]), plans[i].levels_kw,
+                                       available, slot_h)
 
     cost = energy @ price
     carbon = energy @ carbon_g / 1000.0
@@ -148,4 +154,17 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
             "objective_gbp": cost + params.carbon_weight_gbp_per_kg * carbon,
         }
     )
-    return Foresight(on, summary, frame.index, seconds)
+    return Foresight(plans, summary, frame.index, seconds)
+
+
+def optimal_policy(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: Signals,
+                   params: ControlParams | None = None, feeder_kw: float | None = None,
+                   current: Mapping[str, Capabilities] | None = None) -> Optimal:
+    """The ``optimal`` policy: the perfect-foresight plans, replayed session by session."""
+    best = perfect_foresight(vehicles, sessions, signals, params, feeder_kw, current)
+    plans: dict[str, list[SessionPlan]] = {}
+    arrivals: dict[str, list[datetime]] = {}
+    for row, (vid, arrival) in enumerate(zip(sessions["vehicle_id"], sessions["arrival"])):
+        plans.setdefault(vid, []).append(best.plans[row])
+        arrivals.setdefault(vid, []).append(arrival.to_pydatetime(warn=False))
+    return Optimal(plans, arrivals)

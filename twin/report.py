@@ -38,7 +38,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from twin.compare import DERIVED_DESCRIPTIONS as _DERIVED_DESCRIPTIONS
-from twin.controller import SOC_TOLERANCE
+from twin.domain import SOC_TOLERANCE
 from twin.results import KPI_DESCRIPTIONS, SimulationResult, soc_trajectory
 
 __all__ = ["write_report"]

@@ -25,8 +25,9 @@ energy the car did not have before this session).
 see, such as a stop the car ignored), ``detail``.
 
 ``charging`` — one row per continuous charging segment: ``vehicle_id``, ``session_id``,
-``start``, ``end`` (UTC), ``soc_start``, ``soc_end``, ``energy_kwh`` (grid). SoC rises along the
-car's taper curve between the two ends; :func:`soc_trajectory` samples it.
+``start``, ``end`` (UTC), ``soc_start``, ``soc_end``, ``energy_kwh`` (grid), ``power_cap_kw`` (the
+limit a charging current set through the OEM API imposed; NaN: none). SoC rises along the car's
+taper curve (capped at ``power_cap_kw``) between the two ends; :func:`soc_trajectory` samples it.
 
 ``vehicles`` — the fleet as simulated (see :mod:`twin.sim.behaviour`).
 
@@ -43,11 +44,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from twin.battery import soc_after_array
-from twin.controller import SOC_TOLERANCE
-from twin.domain import Signals
+from twin.battery import capped_arrays, soc_after_array
+from twin.domain import SOC_TOLERANCE, Signals
 
 __all__ = ["SimulationResult", "KPI_DESCRIPTIONS", "build_result", "soc_trajectory"]
+
+#: log details of the command rows that count as commands (reads and wakes are calls, not commands)
+_COMMAND_KINDS = ("start", "stop", "set_current", "set_limit")
 
 KPI_DESCRIPTIONS = {
     "vehicles": "cars in the fleet",
@@ -63,7 +66,7 @@ KPI_DESCRIPTIONS = {
     "shortfall_kwh": "battery energy missing at ready-by, summed over sessions, kWh",
     "peak_fleet_kw": "highest slot-average fleet power, kW",
     "sessions_left_early": "sessions where the driver left before the declared ready-by",
-    "commands_sent": "start/stop commands sent to OEM clouds",
+    "commands_sent": "commands sent to OEM clouds: start, stop, set current, set charge limit",
     "commands_failed": "start/stop commands that returned an error",
     "commands_retried": "start/stop commands re-sent after a failure or a disobeyed stop",
     "commands_unverified": "acknowledged commands never confirmed by a later reading",
@@ -135,7 +138,7 @@ def build_result(
     sessions: pd.DataFrame,
     signals: Signals,
     curves: dict[str, np.ndarray],
-    segments: list[tuple[int, int, float, float, float, float]],
+    segments: list[tuple[int, int, float, float, float, float, float]],
     soc_arrival: np.ndarray,
     soc_departure: np.ndarray,
     trip_unmet_kwh: np.ndarray,
@@ -146,7 +149,7 @@ def build_result(
     """Assemble KPIs and tables. ``origin`` is simulated time 0 (= first signal slot)."""
     slot_s = signals.slot_minutes * 60.0
     nslots = len(signals.frame)
-    seg_arr = np.array(segments, dtype=float).reshape(-1, 6)
+    seg_arr = np.array(segments, dtype=float).reshape(-1, 7)
     seg = {
         "car": seg_arr[:, 0].astype(np.int64),
         "session": seg_arr[:, 1].astype(np.int64),
@@ -154,8 +157,10 @@ def build_result(
         "t1": seg_arr[:, 3],
         "soc0": seg_arr[:, 4],
         "soc1": seg_arr[:, 5],
+        "cap_kw": seg_arr[:, 6],
     }
-    seg_curves = {k: v[seg["car"]] for k, v in curves.items()}
+    # each segment charged along its car's curve, capped by the current set at the time
+    seg_curves = capped_arrays({k: v[seg["car"]] for k, v in curves.items()}, seg["cap_kw"])
 
     # -- energy per (segment, slot) piece, integrated exactly --------------------------------
     pieces = _slot_pieces(seg, slot_s)
@@ -262,6 +267,7 @@ def build_result(
             "soc_start": seg["soc0"],
             "soc_end": seg["soc1"],
             "energy_kwh": (seg["soc1"] - seg["soc0"]) * seg_cap / seg_curves["efficiency"],
+            "power_cap_kw": np.where(np.isfinite(seg["cap_kw"]), seg["cap_kw"], np.nan),
         }
     ).sort_values(["start", "vehicle_id"], kind="stable", ignore_index=True)
 
@@ -286,16 +292,19 @@ def build_result(
     }
     cstats, ostats = controller_stats or {}, oem_stats or {}
     hours = nslots * slot_s / 3600.0
+    # every call the platform made: the host's (reads, commands, wakes) and the heads' own
+    # token refreshes
+    calls = int(len(commands) + ostats.get("token_refreshes", 0) + ostats.get("refresh_refused", 0))
     kpis.update(
         {
-            "commands_sent": int(commands.isin(["start", "stop"]).sum()),
+            "commands_sent": int(commands.str.startswith(_COMMAND_KINDS).sum()),
             "commands_failed": int(cstats.get("commands_failed", 0)),
             "commands_retried": int(cstats.get("commands_retried", 0)),
             "commands_unverified": int(cstats.get("commands_unverified", 0)),
             "stops_ignored": int(ostats.get("stops_ignored", 0)),
             "cars_escalated": int(cstats.get("escalations", 0)),
-            "oem_calls": int(len(commands)),
-            "oem_calls_per_car_hour": float(len(commands) / (len(vehicles) * hours)) if len(vehicles) else 0.0,
+            "oem_calls": calls,
+            "oem_calls_per_car_hour": float(calls / (len(vehicles) * hours)) if len(vehicles) else 0.0,
             "notifications": int((events["kind"] == "notification").sum()),
             "plans": int(cstats.get("replans", 0)),
         }
@@ -334,19 +343,17 @@ def soc_trajectory(result: SimulationResult, vehicle_id: str, points_per_segment
     each charging segment.
     """
     from twin.battery import curve_arrays  # local: only analysts call this
-    from twin.domain import Charger, VehicleSpec
+    from twin.domain import vehicle_curves
 
-    v = result.vehicles.set_index("vehicle_id").loc[vehicle_id]
-    curve = VehicleSpec(v.battery_kwh, v.max_ac_kw, v.efficiency, v.taper_knee_soc, v.taper_floor_kw).curve(
-        Charger(v.charger_kw)
-    )
+    [curve] = vehicle_curves(result.vehicles[result.vehicles["vehicle_id"] == vehicle_id])
     rows: list[tuple[pd.Timestamp, float]] = []
     for s in result.sessions[result.sessions["vehicle_id"] == vehicle_id].itertuples():
         rows.append((s.arrival, s.soc_arrival))
         segs = result.charging[result.charging["session_id"] == s.session_id]
         for g in segs.itertuples():
             hours = (g.end - g.start).total_seconds() / 3600 * np.linspace(0, 1, points_per_segment)
-            socs = soc_after_array(curve_arrays([curve] * len(hours)), np.full(len(hours), g.soc_start), hours)
+            capped = curve if np.isnan(g.power_cap_kw) else curve.capped(g.power_cap_kw)
+            socs = soc_after_array(curve_arrays([capped] * len(hours)), np.full(len(hours), g.soc_start), hours)
             socs[-1] = g.soc_end
             rows.extend(zip(g.start + pd.to_timedelta(hours, unit="h"), socs))
         rows.append((s.departure, s.soc_departure))

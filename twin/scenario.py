@@ -29,6 +29,9 @@ from pydantic import (
     model_validator,
 )
 
+from twin.control.config import ControllerConfig, ControlParams, ControlSettings
+from twin.control.policies import POLICIES
+
 __all__ = [
     "Scenario",
     "ScenarioError",
@@ -49,10 +52,11 @@ __all__ = [
     "parse_scenario",
     "scenario_json_schema",
     "POLICIES",
+    "CurrentControl",
+    "check_policy",
+    "policy_problem",
 ]
 
-#: policy names the twin knows; `twin run --policy` and the scenario's `policy` field use them
-POLICIES = ("uncontrolled", "smart", "optimal")
 
 
 class ScenarioError(ValueError):
@@ -239,6 +243,15 @@ class FleetGroup(_Model):
     behaviour: Behaviour = Behaviour()
     preferences: PreferencesModel = PreferencesModel()
     oem: str = "default"
+    accounts: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="OEM accounts the group's cars are split over (a fleet: 1); null: one account per car"
+    )
+
+    @model_validator(mode="after")
+    def _accounts(self) -> FleetGroup:
+        if self.accounts is not None and self.accounts > self.count:
+            raise ValueError(f"accounts {self.accounts} is more than the group's {self.count} cars")
+        return self
 
 
 class Latency(_Model):
@@ -272,6 +285,23 @@ class Outage(_Model):
         return self
 
 
+class CurrentControl(_Model):
+    """Settable charging current: ``min_amps`` .. ``max_amps`` in ``step_amps`` steps, at
+    ``volts`` on ``phases`` phases (kW = A × V × phases / 1000)."""
+
+    min_amps: Annotated[float, Field(gt=0, le=80)] = 6.0
+    max_amps: Annotated[float, Field(gt=0, le=80)] = 32.0
+    step_amps: Annotated[float, Field(gt=0, le=16)] = 1.0
+    volts: Annotated[float, Field(gt=100, le=480)] = 230.0
+    phases: Literal[1, 2, 3] = 1
+
+    @model_validator(mode="after")
+    def _order(self) -> CurrentControl:
+        if self.min_amps > self.max_amps:
+            raise ValueError(f"min_amps {self.min_amps:g} is above max_amps {self.max_amps:g}")
+        return self
+
+
 class OEMProfile(_Model):
     """How a (simulated) OEM cloud behaves. Defaults: a perfect, instant, always-awake cloud."""
 
@@ -288,6 +318,12 @@ class OEMProfile(_Model):
     calls_per_vehicle_per_hour: Annotated[int, Field(gt=0)] | None = Field(
         None, description="per-vehicle quota over any rolling hour; beyond it calls get 429 + Retry-After"
     )
+    calls_per_account_per_hour: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="per-account quota over any rolling hour (429 with scope 'account')"
+    )
+    calls_per_application_per_minute: Annotated[int, Field(gt=0)] | None = Field(
+        None, description="quota for all calls to this cloud over any rolling minute (429 with scope 'application')"
+    )
     sleep_after_s: Annotated[float, Field(gt=0)] | None = Field(
         None, description="a car that is not charging falls asleep after this long without a call"
     )
@@ -301,6 +337,10 @@ class OEMProfile(_Model):
     ignore_stop_probability: Annotated[float, Field(ge=0, le=1)] = Field(
         0.0, description="chance that an acknowledged stop is silently ignored by the car"
     )
+    current_control: CurrentControl | None = Field(
+        None, description="the charging current can be set (Tesla set_charging_amps); null: start/stop only"
+    )
+    charge_limit_control: bool = Field(False, description="the car's charge limit can be set through the API")
 
 
 class SignalShape(_Model):
@@ -351,17 +391,39 @@ class SignalsModel(_Model):
 
 
 class ControlModel(_Model):
-    """What the planning policies optimise and how the control loop is tuned."""
+    """What the planning policies optimise and how the control loop is tuned (seconds unless
+    named otherwise; defaults and the reasons for them: :mod:`twin.control.config`)."""
 
     carbon_weight_gbp_per_kg: Annotated[float, Field(ge=0, le=10)] = 0.0
     start_penalty_gbp: Annotated[float, Field(ge=0, le=10)] = 0.02
     min_run_slots: Annotated[int, Field(ge=1, le=48)] = 1
     poll_interval_s: Annotated[float, Field(gt=0)] = 900.0
     plugged_poll_interval_s: Annotated[float, Field(gt=0)] = 1800.0
-    verify_after_s: Annotated[float, Field(gt=0)] = 600.0
-    escalate_after: Annotated[int, Field(ge=1)] = 2
     retry_base_s: Annotated[float, Field(gt=0)] = 30.0
     retry_max_s: Annotated[float, Field(gt=0)] = 1800.0
+    backoff_slack_share: Annotated[float, Field(gt=0, le=1)] = 0.25
+    verify_after_s: Annotated[float, Field(gt=0)] = 600.0
+    escalate_after: Annotated[int, Field(ge=1)] = 2
+    escalate_within_s: Annotated[float, Field(gt=0)] = 1800.0
+    replan_soc_deviation: Annotated[float, Field(gt=0, le=1)] = 0.03
+    replan_late_s: Annotated[float, Field(ge=0)] = 120.0
+    check_before_deadline_s: Annotated[float, Field(ge=0)] = 3600.0
+    notify_shift_s: Annotated[float, Field(ge=0)] = 1800.0
+    notify_soc_shift: Annotated[float, Field(ge=0, le=1)] = 0.05
+    call_timeout_s: Annotated[float, Field(gt=0)] = 310.0
+    replan_after_failure_s: Annotated[float, Field(gt=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _retry(self) -> ControlModel:
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError(f"retry_max_s {self.retry_max_s:g} is below retry_base_s {self.retry_base_s:g}")
+        return self
+
+    def controller_config(self) -> ControllerConfig:
+        return ControllerConfig(**{f: getattr(self, f) for f in ControllerConfig.__dataclass_fields__})
+
+    def params(self) -> ControlParams:
+        return ControlParams(**{f: getattr(self, f) for f in ControlParams.__dataclass_fields__})
 
 
 class Threshold(_Model):
@@ -389,7 +451,8 @@ class ChecksModel(_Model):
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         for name in v:
-            check_policy(name)
+            if (problem := policy_problem(name)) is not None:
+                raise ValueError(problem)
         if len(set(v)) != len(v):
             raise ValueError("policies are listed more than once")
         return v
@@ -456,7 +519,9 @@ class Scenario(_Model):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        return check_policy(v)
+        if (problem := policy_problem(v)) is not None:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -482,10 +547,24 @@ class Scenario(_Model):
     def vehicle_count(self) -> int:
         return sum(g.count for g in self.fleet)
 
+    def control_settings(self) -> ControlSettings:
+        """The control path's settings: the ``control`` section, slot length and feeder limit."""
+        c = self.control
+        return ControlSettings(c.controller_config(), c.params(), self.signals.slot_minutes, self.site.feeder_kw)
 
-def check_policy(name: str) -> str:
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy '{name}'; choose one of: {', '.join(POLICIES)}")
+
+def policy_problem(name: str) -> str | None:
+    """What is wrong with a policy name (None if it is one of :data:`POLICIES`)."""
+    if name in POLICIES:
+        return None
+    return f"unknown policy '{name}'; choose one of: {', '.join(POLICIES)}"
+
+
+def check_policy(name: str, where: str = "policy") -> str:
+    """``name`` if it is a known policy; otherwise a :class:`ScenarioError` naming ``where``."""
+    problem = policy_problem(name)
+    if problem is not None:
+        raise ScenarioError(where, [problem])
     return name
 
 

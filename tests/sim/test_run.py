@@ -5,8 +5,6 @@ import pandas as pd
 import pytest
 
 from twin import parse_scenario, simulate
-from twin.controller import Controller, Read, Uncontrolled
-from twin.oem import VehicleReading
 from twin.sim.run import simulate as sim_run
 
 
@@ -105,9 +103,9 @@ def test_adapter_latency_is_waited_out_in_simulated_time():
     import twin.sim.oem as sim_oem
 
     class SlowOEM(sim_oem.SimulatedOEM):
-        async def start_charging(self, vehicle_id):
+        async def start_charging(self, vehicle_id, *, key):
             await self._clock.sleep(90)
-            await super().start_charging(vehicle_id)
+            await super().start_charging(vehicle_id, key=key)
 
     original = sim_oem.SimulatedOEM
     try:

@@ -8,7 +8,7 @@ Two sources of charging sessions, both producing the same two tables:
 ``vehicles`` (one row per car): ``vehicle_id``, ``group``, ``model``, ``battery_kwh``,
 ``max_ac_kw``, ``efficiency``, ``taper_knee_soc``, ``taper_floor_kw``, ``charger_kw``,
 ``consumption_kwh_per_km``, ``ignores_stop``, ``target_soc``, ``min_soc``, ``ready_by`` (declared daily time,
-``HH:MM`` UTC), ``oem`` (profile name).
+``HH:MM`` UTC), ``oem`` (profile name), ``account_id`` (the OEM account the car belongs to).
 
 ``sessions`` (one row per plug-in, ordered by vehicle then arrival): ``session_id``,
 ``vehicle_id``, ``arrival``, ``departure``, ``ready_by`` (UTC timestamps), ``trip_kwh`` (energy
@@ -39,7 +39,7 @@ SESSION_COLUMNS = [
 VEHICLE_COLUMNS = [
     "vehicle_id", "group", "model", "battery_kwh", "max_ac_kw", "efficiency", "taper_knee_soc",
     "taper_floor_kw", "charger_kw", "consumption_kwh_per_km", "ignores_stop", "target_soc", "min_soc",
-    "ready_by", "oem",
+    "ready_by", "oem", "account_id",
 ]
 
 # A car that arrives is plugged in for at least this long; draws that would leave sooner are
@@ -115,6 +115,7 @@ def _generate_group(g: FleetGroup, start: pd.Timestamp, days: int,
             "min_soc": g.preferences.min_soc,
             "ready_by": _hhmm(ready_min),
             "oem": g.oem,
+            "account_id": _accounts(g, ids),
         }
     )
     plugs = rng.random((n, days)) < b.plug_in_probability
@@ -158,6 +159,14 @@ def _generate_group(g: FleetGroup, start: pd.Timestamp, days: int,
         }
     )
     return vehicles, sessions
+
+
+def _accounts(g: FleetGroup, ids: list[str]) -> list[str]:
+    """Each car's OEM account: its own, or ``g.accounts`` accounts holding consecutive cars."""
+    if g.accounts is None:
+        return list(ids)
+    per = -(-len(ids) // g.accounts)  # ceil: the last account may hold fewer cars
+    return [f"{g.name}-account-{i // per + 1}" for i in range(len(ids))]
 
 
 def _finish_sessions(sessions: pd.DataFrame) -> pd.DataFrame:
@@ -321,6 +330,7 @@ def read_sessions_csv(path: str | Path, replay: SessionReplay) -> tuple[pd.DataF
             "min_soc": per_vehicle["min_soc"].to_numpy(),
             "ready_by": [f"{t:%H:%M}" for t in per_vehicle["ready_by"]],
             "oem": replay.oem,
+            "account_id": per_vehicle.index.to_numpy(),
         }
     )
     sessions = frame.drop(columns=["_battery", "_max_kw", "_line"])

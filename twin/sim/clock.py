@@ -1,9 +1,10 @@
 """Simulated time for code that is written against ``async``/``await``.
 
 OEM adapters are coroutines because real clouds are slow. Inside the twin they must wait in
-*simulated* time. :class:`SimClock` gives them ``await clock.sleep(seconds)``, which suspends
-the coroutine on a SimPy timeout; :func:`drive` is the SimPy process that runs such a
-coroutine, forwarding each SimPy event it awaits.
+*simulated* time. :class:`SimClock` (a :class:`twin.clock.Clock`) gives them ``await
+clock.sleep(seconds)``, which suspends the coroutine on a SimPy timeout, and futures other
+coroutines can await; :func:`drive` is the SimPy process that runs such a coroutine, forwarding
+each SimPy event it awaits (and each failure, as an exception inside the coroutine).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import simpy
 
-__all__ = ["SimClock", "drive"]
+__all__ = ["SimClock", "SimFuture", "drive"]
 
 
 class _Wait:
@@ -24,6 +25,25 @@ class _Wait:
 
     def __init__(self, event: simpy.Event) -> None:
         self.event = event
+
+    def __await__(self) -> Generator[simpy.Event, Any, Any]:
+        return (yield self.event)
+
+
+class SimFuture:
+    """A :class:`twin.clock.Future` on a SimPy event."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, env: simpy.Environment) -> None:
+        self.event = env.event()
+
+    def set_result(self, value: Any) -> None:
+        self.event.succeed(value)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.event.defused = True  # raised in the awaiting coroutine, not by the environment
+        self.event.fail(error)
 
     def __await__(self) -> Generator[simpy.Event, Any, Any]:
         return (yield self.event)
@@ -56,18 +76,29 @@ class SimClock:
             return
         self.env.timeout(seconds).callbacks.append(lambda _event: callback())
 
+    def create_future(self) -> SimFuture:
+        return SimFuture(self.env)
+
 
 def drive(coro: Coroutine[Any, Any, Any], first: simpy.Event,
           done: Callable[[Any, BaseException | None], None]) -> Generator[simpy.Event, Any, None]:
     """SimPy process running ``coro`` after it first suspended on ``first``.
 
-    ``done(result, error)`` is called when the coroutine returns or raises.
+    ``done(result, error)`` is called when the coroutine returns or raises; interrupting the
+    process cancels the coroutine (``close()``, like asyncio's cancellation) without a call.
     """
     event = first
     while True:
-        value = yield event
+        error: BaseException | None = None
         try:
-            event = coro.send(value)
+            value = yield event
+        except simpy.Interrupt:  # the host gave up on the call (timeout): cancel it where it waits
+            coro.close()
+            return
+        except Exception as failure:  # noqa: BLE001 - the awaited event failed: raise it inside
+            error = failure
+        try:
+            event = coro.send(value) if error is None else coro.throw(error)
         except StopIteration as stop:
             done(stop.value, None)
             return

@@ -2,152 +2,325 @@
 
 The controller reaches simulated cars only through this head, exactly as it reaches real cars
 through ``adapters/<oem>/``. Its behaviour comes from the scenario's OEM profile
-(:class:`twin.scenario.OEMProfile`) and follows what the real clouds do
-(``shared/reference/apis.md``):
+(:class:`twin.scenario.OEMProfile`) and follows what the real clouds do (Smartcar, Tesla Fleet):
 
 * every call takes a lognormal latency (reads, commands and wakes separately);
 * a share of calls fail with a 5xx (:class:`~twin.oem.TransientUpstream`), and during an
   outage all of them do, while webhooks are held back until it ends;
-* a per-vehicle quota over a rolling hour answers 429 with Retry-After
-  (:class:`~twin.oem.RateLimited`), like Smartcar's ``RATE_LIMIT/VEHICLE``;
+* quotas over a rolling window per vehicle and per account (an hour) and for the whole
+  application (a minute) answer 429 with Retry-After and the scope
+  (:class:`~twin.oem.RateLimited`), like Smartcar's ``RATE_LIMIT/VEHICLE``; the head declares
+  the same budgets in :attr:`rate_limits`;
 * a car that is not charging falls asleep after a while without calls and then answers
   "asleep" (Tesla's 408, Smartcar's ``VEHICLE_STATE/ASLEEP``) until woken; waking takes time
   and is itself a call;
 * SoC is reported floored to a step, and reads may be served from the cloud's cache, so a
   reading's ``taken_at`` can be well before now;
-* access tokens expire (:class:`~twin.oem.AuthExpired`) until refreshed;
+* access tokens are per **account** and expire; the head refreshes them ahead of expiry through
+  the cloud's auth server (:class:`twin.auth.AccountTokens`: once per account, rotating refresh
+  tokens, the old one valid for a minute after use as at Smartcar); a revoked grant
+  (:meth:`SimulatedOEM.revoke`) makes every call of the account's cars raise
+  :class:`~twin.oem.ReauthorizationRequired`;
 * some cars acknowledge "stop" and keep charging (always, for models that do, or with a
-  probability per command).
+  probability per command);
+* where the profile allows, the charging current and the charge limit can be set;
+* commands are idempotent per key: a command whose key was already acknowledged is not sent
+  again.
 
-Webhooks are pushed on plug-in and unplug and when a command changes the charging state.
+Webhooks are pushed on plug-in and unplug and when a command changes the charging state:
+in-process to :meth:`subscribe`d sinks, and as signed deliveries (:meth:`webhook_delivery`)
+that :meth:`parse_webhook` verifies and de-duplicates, as a web route would.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import math
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 
 import numpy as np
 
+from twin.auth import AccountTokens, MemoryTokenStore, RefreshFailed, RefreshRefused, Token
 from twin.oem import (
     AuthExpired,
+    Capabilities,
+    CommandRejected,
+    DiscoveredVehicle,
+    RateBudget,
     RateLimited,
     TransientUpstream,
     UnknownVehicle,
     VehicleAsleep,
     VehicleReading,
+    WebhookRejected,
 )
 from twin.scenario import Latency, OEMProfile
 from twin.sim.clock import SimClock
 from twin.sim.world import Car, World
 
-__all__ = ["SimulatedOEM"]
+__all__ = ["SimulatedOEM", "SIGNATURE_HEADER"]
 
 _HOUR_S = 3600.0
+_MINUTE_S = 60.0
 # z-score of the 95th percentile of a standard normal: turns (median, p95) into a lognormal.
 _Z95 = 1.6448536269514722
+# Smartcar invalidates a used refresh token a minute after use (the grace lets a client whose
+# response was lost retry the refresh).
+_REFRESH_GRACE_S = 60.0
+# Deliveries and idempotency keys remembered; far more than a day of a large fleet's traffic.
+_REMEMBER = 200_000
+#: header carrying the hex HMAC-SHA256 of a webhook body (Smartcar's is SC-Signature)
+SIGNATURE_HEADER = "X-Twin-Signature"
 
 
 class _Cloud:
     """What the cloud keeps per vehicle."""
 
-    __slots__ = ("calls", "awake_until", "token_expires", "cache", "ignores_stop")
+    __slots__ = ("calls", "awake_until", "cache", "ignores_stop", "account")
 
-    def __init__(self, ignores_stop: bool) -> None:
+    def __init__(self, ignores_stop: bool, account: str) -> None:
         self.calls: deque[float] = deque()
         self.awake_until = -math.inf
-        self.token_expires = math.inf
         self.cache: VehicleReading | None = None
         self.ignores_stop = ignores_stop
+        self.account = account
+
+
+class _Grant:
+    """What the auth server keeps per account."""
+
+    __slots__ = ("access", "expires", "refresh", "previous", "previous_until", "revoked")
+
+    def __init__(self, access: str, expires: float, refresh: str) -> None:
+        self.access, self.expires, self.refresh = access, expires, refresh
+        self.previous: str | None = None
+        self.previous_until = -math.inf
+        self.revoked = False
 
 
 class SimulatedOEM:
     """The cloud of one OEM profile, serving the cars assigned to it.
 
-    ``ignores_stop`` lists vehicle ids of models that never obey "stop".
+    ``ignores_stop`` lists vehicle ids of models that never obey "stop"; ``accounts`` maps a
+    vehicle id to its account (default: one account per car, named after it).
     """
 
     def __init__(self, name: str, profile: OEMProfile, world: World, clock: SimClock, cars: list[Car],
-                 rng: np.random.Generator | None = None, ignores_stop: set[str] | frozenset[str] = frozenset()) -> None:
+                 rng: np.random.Generator | None = None, ignores_stop: set[str] | frozenset[str] = frozenset(),
+                 accounts: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.profile = profile
-        self.pushes_telemetry = profile.push
         self._world = world
         self._clock = clock
         self._rng = rng if rng is not None else np.random.default_rng(0)
         self._cars = {c.vehicle_id: c for c in cars}
-        self._cloud = {c.vehicle_id: _Cloud(c.vehicle_id in ignores_stop) for c in cars}
-        if profile.token_lifetime_s is not None:
-            for cloud in self._cloud.values():
-                cloud.token_expires = profile.token_lifetime_s
+        accounts = accounts or {}
+        self._cloud = {c.vehicle_id: _Cloud(c.vehicle_id in ignores_stop, accounts.get(c.vehicle_id, c.vehicle_id))
+                       for c in cars}
+        self._account_calls: dict[str, deque[float]] = {}
+        self._app_calls: deque[float] = deque()
         self._outages = sorted(
             ((o.start - clock.start).total_seconds(), (o.end - clock.start).total_seconds()) for o in profile.outages
         )
         self._sinks: list[Callable[[VehicleReading], None]] = []
+        self._acked: OrderedDict[str, None] = OrderedDict()
+        self._deliveries: OrderedDict[str, None] = OrderedDict()
+        self._delivery_seq = 0
+        self.webhook_secret = hashlib.sha256(f"chargetwin-webhook:{name}".encode()).hexdigest()
+        self._grants: dict[str, _Grant] = {}
+        self._token_seq = 0
+        self.tokens: AccountTokens | None = None
+        if profile.token_lifetime_s is not None:
+            self.tokens = AccountTokens(MemoryTokenStore(), self._refresh, clock)
+            for account in sorted({c.account for c in self._cloud.values()}):
+                self.tokens.store.put(account, self._issue(account, 0.0))
         world.listeners.append(self._on_plug_change)
         #: calls that reached the cloud, by outcome (for KPIs)
         self.stats = {"calls": 0, "failed": 0, "rate_limited": 0, "asleep": 0, "auth_expired": 0,
-                      "stops_ignored": 0, "wakes": 0}
+                      "stops_ignored": 0, "wakes": 0, "token_refreshes": 0, "refresh_refused": 0,
+                      "rejected": 0, "duplicates": 0}
 
-    # -- OEMAdapter ---------------------------------------------------------------------------
+    # -- what the head declares ---------------------------------------------------------------
+
+    @property
+    def rate_limits(self) -> tuple[RateBudget, ...]:
+        p = self.profile
+        out = []
+        if p.calls_per_vehicle_per_hour is not None:
+            out.append(RateBudget("vehicle", p.calls_per_vehicle_per_hour, _HOUR_S))
+        if p.calls_per_account_per_hour is not None:
+            out.append(RateBudget("account", p.calls_per_account_per_hour, _HOUR_S))
+        if p.calls_per_application_per_minute is not None:
+            out.append(RateBudget("application", p.calls_per_application_per_minute, _MINUTE_S))
+        return tuple(out)
+
+    def capabilities(self, vehicle_id: str) -> Capabilities:
+        self._lookup(vehicle_id)
+        p, cc = self.profile, self.profile.current_control
+        current = {} if cc is None else {"min_amps": cc.min_amps, "max_amps": cc.max_amps,
+                                          "amps_step": cc.step_amps, "volts": cc.volts, "phases": cc.phases}
+        return Capabilities(pushes_telemetry=p.push, needs_wake=p.sleep_after_s is not None,
+                            can_set_charge_limit=p.charge_limit_control, **current)
+
+    def account_of(self, vehicle_id: str) -> str:
+        return self._lookup(vehicle_id)[1].account
+
+    async def discover(self, account_id: str) -> list[DiscoveredVehicle]:
+        await self._latency(self.profile.read_latency)
+        if self._in_outage(self._clock.seconds):
+            raise TransientUpstream(account_id, f"{self.name} cloud unavailable (outage)")
+        return [DiscoveredVehicle(vid, account_id, self.capabilities(vid))
+                for vid, cloud in sorted(self._cloud.items()) if cloud.account == account_id]
+
+    # -- OEMAdapter calls ---------------------------------------------------------------------
 
     async def read(self, vehicle_id: str) -> VehicleReading:
         car, cloud = self._lookup(vehicle_id)
+        token = await self._token(cloud, vehicle_id)
         await self._latency(self.profile.read_latency)
-        t = self._gate(car, cloud)
+        t = await self._gate(car, cloud, token)
         cached = cloud.cache
         if cached is not None and t - self._seconds(cached) <= self.profile.reading_max_age_s:
             return cached
         self._require_awake(car, cloud, t)
         return self._fresh(car, cloud, t)
 
-    async def start_charging(self, vehicle_id: str) -> None:
+    async def start_charging(self, vehicle_id: str, *, key: str) -> None:
         car, cloud = self._lookup(vehicle_id)
+        if self._duplicate(key):
+            return
+        token = await self._token(cloud, vehicle_id)
         await self._latency(self.profile.command_latency)
-        t = self._gate(car, cloud)
+        t = await self._gate(car, cloud, token)
         self._require_awake(car, cloud, t)
         was = car.charging
-        self._world.start(car, t)
+        self._rejecting(self._world.start, car, t)
+        self._ack(key)
         if car.charging != was:
             self._push(car, t)
 
-    async def stop_charging(self, vehicle_id: str) -> None:
+    async def stop_charging(self, vehicle_id: str, *, key: str) -> None:
         car, cloud = self._lookup(vehicle_id)
+        if self._duplicate(key):
+            return
+        token = await self._token(cloud, vehicle_id)
         await self._latency(self.profile.command_latency)
-        t = self._gate(car, cloud)
+        t = await self._gate(car, cloud, token)
         self._require_awake(car, cloud, t)
         self._world.advance(car, t)
         if car.charging and (cloud.ignores_stop or self._draw(self.profile.ignore_stop_probability)):
             # acknowledged, not obeyed: the API says success and the car keeps charging
             self.stats["stops_ignored"] += 1
             self._world.log.append((t, car.vehicle_id, "fault", "stop ignored"))
+            self._ack(key)
             return
         was = car.charging
-        self._world.stop(car, t)
+        self._rejecting(self._world.stop, car, t)
+        self._ack(key)
+        if car.charging != was:
+            self._push(car, t)
+
+    async def set_charging_current(self, vehicle_id: str, amps: float, *, key: str) -> None:
+        car, cloud = self._lookup(vehicle_id)
+        caps = self.capabilities(vehicle_id)
+        if not caps.can_set_current:
+            raise CommandRejected(vehicle_id, "not_capable")
+        if not caps.min_amps <= amps <= caps.max_amps:
+            raise CommandRejected(vehicle_id, "out_of_range")
+        if self._duplicate(key):
+            return
+        token = await self._token(cloud, vehicle_id)
+        await self._latency(self.profile.command_latency)
+        t = await self._gate(car, cloud, token)
+        self._require_awake(car, cloud, t)
+        self._world.set_power_cap(car, t, amps * caps.kw_per_amp())
+        self._ack(key)
+
+    async def set_charge_limit(self, vehicle_id: str, soc: float, *, key: str) -> None:
+        car, cloud = self._lookup(vehicle_id)
+        if not self.profile.charge_limit_control:
+            raise CommandRejected(vehicle_id, "not_capable")
+        if not 0.5 <= soc <= 1.0:  # Smartcar accepts 0.5 ..1, Tesla charge_limit_soc_min..max
+            raise CommandRejected(vehicle_id, "out_of_range")
+        if self._duplicate(key):
+            return
+        token = await self._token(cloud, vehicle_id)
+        await self._latency(self.profile.command_latency)
+        t = await self._gate(car, cloud, token)
+        self._require_awake(car, cloud, t)
+        was = car.charging
+        self._world.set_limit(car, t, soc)
+        self._ack(key)
         if car.charging != was:
             self._push(car, t)
 
     async def wake(self, vehicle_id: str) -> None:
         car, cloud = self._lookup(vehicle_id)
+        token = await self._token(cloud, vehicle_id)
         await self._latency(self.profile.wake_latency)
-        t = self._gate(car, cloud)
+        t = await self._gate(car, cloud, token)
         self.stats["wakes"] += 1
         self._keep_awake(cloud, t)
 
-    async def refresh_auth(self, vehicle_id: str) -> None:
-        """Exchange the refresh token for a new access token (an auth-server call)."""
-        _car, cloud = self._lookup(vehicle_id)
-        await self._latency(self.profile.read_latency)
-        t = self._clock.seconds
-        if self._in_outage(t):
-            self.stats["failed"] += 1
-            raise TransientUpstream(vehicle_id, f"{self.name} auth server unavailable")
-        if self.profile.token_lifetime_s is not None:
-            cloud.token_expires = t + self.profile.token_lifetime_s
-
     def subscribe(self, sink: Callable[[VehicleReading], None]) -> None:
         self._sinks.append(sink)
+
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def webhook_delivery(self, readings: list[VehicleReading]) -> tuple[dict[str, str], bytes]:
+        """The signed HTTP delivery (headers, body) this cloud sends for ``readings``."""
+        self._delivery_seq += 1
+        body = json.dumps({
+            "delivery_id": f"{self.name}-{self._delivery_seq}",
+            "readings": [{"vehicle_id": r.vehicle_id, "taken_at": r.taken_at.isoformat(), "soc": r.soc,
+                          "plugged_in": r.plugged_in, "charging": r.charging} for r in readings],
+        }, sort_keys=True).encode()
+        signature = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        return {"Content-Type": "application/json", SIGNATURE_HEADER: signature}, body
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> list[VehicleReading]:
+        """Readings of a delivery; [] for one already seen. Raises :class:`WebhookRejected`."""
+        given = {k.lower(): v for k, v in headers.items()}.get(SIGNATURE_HEADER.lower())
+        if not given:
+            raise WebhookRejected(f"{self.name} webhook without {SIGNATURE_HEADER} header")
+        expected = hmac.new(self.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(given, expected):
+            raise WebhookRejected(f"{self.name} webhook signature does not match its body")
+        try:
+            data = json.loads(body)
+            delivery = str(data["delivery_id"])
+            readings = [VehicleReading(r["vehicle_id"], datetime.fromisoformat(r["taken_at"]),
+                                       None if r["soc"] is None else float(r["soc"]), bool(r["plugged_in"]),
+                                       bool(r["charging"])) for r in data["readings"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise WebhookRejected(f"{self.name} webhook body is not a delivery: {exc}") from None
+        if delivery in self._deliveries:
+            return []
+        _remember(self._deliveries, delivery)
+        return readings
+
+    # -- test and scenario hooks --------------------------------------------------------------
+
+    def revoke(self, account_id: str) -> None:
+        """The driver revoked the platform's access in the OEM's app: refreshes are refused."""
+        grant = self._grants.get(account_id)
+        if grant is not None:
+            grant.revoked = True
+            grant.expires = min(grant.expires, self._clock.seconds)
+
+    def relink(self, account_id: str) -> None:
+        """The driver linked the account again (a new grant, stored in the head's token store)."""
+        if self.tokens is not None:
+            self.tokens.store.put(account_id, self._issue(account_id, self._clock.seconds))
+
+    def forget(self, vehicle_id: str) -> None:
+        """The cloud no longer knows the car (sold, or removed from the account)."""
+        self._cars.pop(vehicle_id, None)
+        self._cloud.pop(vehicle_id, None)
 
     # -- the cloud's rules --------------------------------------------------------------------
 
@@ -162,30 +335,57 @@ class SimulatedOEM:
             sigma = math.log(spec.p95_s / spec.median_s) / _Z95 if spec.p95_s > spec.median_s else 0.0
             await self._clock.sleep(float(spec.median_s * math.exp(sigma * self._rng.standard_normal())))
 
-    def _gate(self, car: Car, cloud: _Cloud) -> float:
-        """Checks every call passes when it reaches the cloud; returns the time (s)."""
+    async def _token(self, cloud: _Cloud, vehicle_id: str) -> str | None:
+        if self.tokens is None:
+            return None
+        return await self.tokens.access_token(cloud.account, vehicle_id)
+
+    async def _gate(self, car: Car, cloud: _Cloud, token: str | None) -> float:
+        """Checks every call passes when it reaches the cloud; returns the time (s).
+
+        A token the cloud rejects is refreshed once and the call retried, as real heads do on a
+        401.
+        """
+        try:
+            return self._check(car, cloud, token)
+        except AuthExpired:
+            if self.tokens is None or token is None:
+                raise
+            token = await self.tokens.after_rejection(cloud.account, car.vehicle_id, token)
+            return self._check(car, cloud, token)
+
+    def _check(self, car: Car, cloud: _Cloud, token: str | None) -> float:
         t = self._clock.seconds
         vid = car.vehicle_id
         self.stats["calls"] += 1
         if self._in_outage(t):
             self.stats["failed"] += 1
             raise TransientUpstream(vid, f"{self.name} cloud unavailable (outage)")
-        if t >= cloud.token_expires:
-            self.stats["auth_expired"] += 1
-            raise AuthExpired(vid, "access token expired")
-        quota = self.profile.calls_per_vehicle_per_hour
-        if quota is not None:
-            calls = cloud.calls
-            while calls and calls[0] <= t - _HOUR_S:
-                calls.popleft()
-            if len(calls) >= quota:
-                self.stats["rate_limited"] += 1
-                raise RateLimited(vid, retry_after_s=math.ceil(calls[0] + _HOUR_S - t))
-            calls.append(t)
-        if self._draw(self.profile.failure_rate):
+        if token is not None:
+            grant = self._grants[cloud.account]
+            if token != grant.access or t >= grant.expires:
+                self.stats["auth_expired"] += 1
+                raise AuthExpired(vid, "access token expired or revoked")
+        p = self.profile
+        self._quota(vid, cloud.calls, p.calls_per_vehicle_per_hour, _HOUR_S, t, "vehicle")
+        if p.calls_per_account_per_hour is not None:
+            window = self._account_calls.setdefault(cloud.account, deque())
+            self._quota(vid, window, p.calls_per_account_per_hour, _HOUR_S, t, "account")
+        self._quota(vid, self._app_calls, p.calls_per_application_per_minute, _MINUTE_S, t, "application")
+        if self._draw(p.failure_rate):
             self.stats["failed"] += 1
             raise TransientUpstream(vid, "upstream returned 502")
         return t
+
+    def _quota(self, vid: str, calls: deque[float], quota: int | None, period: float, t: float, scope) -> None:
+        if quota is None:
+            return
+        while calls and calls[0] <= t - period:
+            calls.popleft()
+        if len(calls) >= quota:
+            self.stats["rate_limited"] += 1
+            raise RateLimited(vid, retry_after_s=math.ceil(calls[0] + period - t), scope=scope)
+        calls.append(t)
 
     def _require_awake(self, car: Car, cloud: _Cloud, t: float) -> None:
         if self.profile.sleep_after_s is None:
@@ -201,6 +401,22 @@ class SimulatedOEM:
         if self.profile.sleep_after_s is not None:
             cloud.awake_until = max(cloud.awake_until, t + self.profile.sleep_after_s)
 
+    def _rejecting(self, command: Callable[[Car, float], None], car: Car, t: float) -> None:
+        try:
+            command(car, t)
+        except CommandRejected:
+            self.stats["rejected"] += 1
+            raise
+
+    def _duplicate(self, key: str) -> bool:
+        if key in self._acked:
+            self.stats["duplicates"] += 1
+            return True
+        return False
+
+    def _ack(self, key: str) -> None:
+        _remember(self._acked, key)
+
     def _draw(self, probability: float) -> bool:
         return probability > 0.0 and self._rng.random() < probability
 
@@ -212,6 +428,41 @@ class SimulatedOEM:
             if start <= t < end:
                 return end
         return t
+
+    # -- the auth server ----------------------------------------------------------------------
+
+    def _issue(self, account: str, t: float) -> Token:
+        self._token_seq += 1
+        access, refresh = f"at-{self.name}-{self._token_seq}", f"rt-{self.name}-{self._token_seq}"
+        grant = self._grants.get(account)
+        lifetime = self.profile.token_lifetime_s or math.inf
+        if grant is None or grant.revoked:
+            self._grants[account] = grant = _Grant(access, t + lifetime, refresh)
+        else:
+            grant.previous, grant.previous_until = grant.refresh, t + _REFRESH_GRACE_S
+            grant.access, grant.expires, grant.refresh = access, t + lifetime, refresh
+        expires_at = self._clock.at(t + lifetime) if math.isfinite(lifetime) else self._clock.at(t) + timedelta(days=3650)
+        return Token(access, refresh, expires_at)
+
+    async def _refresh(self, account: str, token: Token) -> Token:
+        """The OAuth refresh-token grant at this cloud's auth server."""
+        await self._latency(self.profile.read_latency)
+        t = self._clock.seconds
+        if self._in_outage(t):
+            self.stats["failed"] += 1
+            raise RefreshFailed(f"{self.name} auth server unavailable")
+        grant = self._grants.get(account)
+        valid = grant is not None and not grant.revoked and (
+            token.refresh_token == grant.refresh
+            or (token.refresh_token == grant.previous and t < grant.previous_until)
+        )
+        if not valid:
+            self.stats["refresh_refused"] += 1
+            self._world.log.append((t, account, "auth", "refresh refused: invalid_grant"))
+            raise RefreshRefused("invalid_grant")
+        self.stats["token_refreshes"] += 1
+        self._world.log.append((t, account, "auth", "token refreshed"))
+        return self._issue(account, t)
 
     # -- readings and webhooks ----------------------------------------------------------------
 
@@ -243,3 +494,9 @@ class SimulatedOEM:
             return
         self._keep_awake(cloud, t)  # plugging in or out wakes the car
         self._push(car, t)
+
+
+def _remember(seen: OrderedDict[str, None], key: str) -> None:
+    seen[key] = None
+    if len(seen) > _REMEMBER:
+        seen.popitem(last=False)

@@ -3,37 +3,34 @@
 :func:`build` wires a scenario into a :class:`Twin`, independent of who hosts the loop: sessions
 (generated or replayed) and forecast publications form one *timeline* that a :class:`Player`
 applies to the world; each OEM profile becomes a :class:`~twin.sim.oem.SimulatedOEM`; the
-controller gets the chosen policy. :func:`simulate` hosts it in SimPy with the
-:class:`~twin.sim.driver.SimDriver`; :func:`twin.aio.simulate_async` hosts the very same twin in
-asyncio. Everything random is drawn from generators spawned from the one seed, so the same
+controller is built by :func:`twin.control.compose.build_controller`, the composition the live
+server uses too. :func:`simulate` hosts it in SimPy with the :class:`~twin.sim.driver.SimDriver`;
+:func:`simulate_async` hosts the very same twin in asyncio (:class:`twin.host.aio.AsyncDriver`). Everything random is drawn from generators spawned from the one seed, so the same
 scenario and seed give identical outputs.
 """
 
 from __future__ import annotations
 
+import json
 import time as wallclock
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import simpy
 
 from twin.battery import ChargeCurve, curve_arrays
-from twin.controller import (
-    Controller,
-    ControllerConfig,
-    Event,
-    ForecastUpdated,
-    Policy,
-    PreferencesChanged,
-    SessionPlan,
-    Uncontrolled,
-)
-from twin.domain import Charger, Preferences, Signals, VehicleSpec
+from twin.clock import Clock
+from twin.control.compose import SeededIds, build_controller
+from twin.control.controller import Controller
+from twin.control.events import Event, ForecastUpdated, PreferencesChanged
+from twin.control.policies import make_policy
+from twin.control.track import ManagedVehicle
+from twin.domain import Preferences, Signals, vehicle_curves
 from twin.results import SimulationResult, build_result
 from twin.scenario import Scenario, ScenarioError, check_policy, load_scenario, parse_scenario
 from twin.signals import build_signals
@@ -43,28 +40,14 @@ from twin.sim.driver import SimDriver
 from twin.sim.oem import SimulatedOEM
 from twin.sim.world import Car, World
 
-__all__ = ["simulate", "build", "finish", "prepare", "Twin", "Player", "as_scenario"]
+__all__ = ["simulate", "simulate_async", "build", "finish", "prepare", "Twin", "Player", "as_scenario"]
 
 _PUBLISH, _DEPART, _ARRIVE = 0, 1, 2  # order of timeline events at the same instant
+# Random streams spawned from the run's seed: behaviour, signals, OEM clouds, action ids. New
+# streams are added at the end, so the earlier ones stay what they were for a seed.
+_STREAMS, _IDS = 4, 3
 #: simulated time between progress callbacks
 _PROGRESS_CHUNK_S = 6 * 3600.0
-
-
-class Clock(Protocol):
-    """What the twin needs from a host's clock (see :class:`~twin.sim.clock.SimClock`)."""
-
-    start: datetime
-
-    @property
-    def seconds(self) -> float: ...
-
-    def now(self) -> datetime: ...
-
-    def at(self, seconds: float) -> datetime: ...
-
-    def sleep(self, seconds: float) -> Any: ...
-
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> None: ...
 
 
 def as_scenario(scenario: Scenario | str | Path | dict[str, Any]) -> Scenario:
@@ -77,7 +60,7 @@ def as_scenario(scenario: Scenario | str | Path | dict[str, Any]) -> Scenario:
 
 def prepare(scenario: Scenario, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, datetime, Signals, np.random.Generator]:
     """Vehicles, sessions, time origin, signals and the OEM generator for one run."""
-    behaviour_seq, signals_seq, oem_seq = np.random.SeedSequence(seed).spawn(3)
+    behaviour_seq, signals_seq, oem_seq = np.random.SeedSequence(seed).spawn(_STREAMS)[:3]
     if scenario.sessions is not None:
         vehicles, sessions = read_sessions_csv(scenario.resolve(scenario.sessions.csv), scenario.sessions)
         first_arrival = sessions["arrival"].min()
@@ -201,6 +184,9 @@ class Twin:
     controller: Controller
     adapters: dict[str, SimulatedOEM]
     player: Player
+    #: the controller's registrations and the action-id source, to rebuild it (snapshots)
+    managed: list[ManagedVehicle]
+    ids: SeededIds
 
     @property
     def until(self) -> float:
@@ -213,56 +199,22 @@ class Twin:
     def horizon(self) -> float:
         return (self.signals.end - self.origin).total_seconds()
 
-
-def make_policy(name: str, scenario: Scenario, vehicles: pd.DataFrame, sessions: pd.DataFrame,
-                signals: Signals) -> Policy:
-    """The controller policy called ``name``, configured from the scenario."""
-    try:
-        check_policy(name)
-    except ValueError as exc:
-        raise ScenarioError("policy", [str(exc)]) from None
-    if name == "uncontrolled":
-        return Uncontrolled()
-    from twin.policies import ControlParams, Optimal, Smart  # the scheduler loads on demand
-
-    c = scenario.control
-    params = ControlParams(c.carbon_weight_gbp_per_kg, c.start_penalty_gbp, c.min_run_slots)
-    if name == "smart":
-        return Smart(scenario.signals.slot_minutes, params, scenario.site.feeder_kw)
-    from twin.foresight import perfect_foresight
-
-    best = perfect_foresight(vehicles, sessions, signals, params, scenario.site.feeder_kw)
-    starts = tuple(t.to_pydatetime() for t in best.slot_starts)
-    end = signals.end
-    plans: dict[str, list[SessionPlan]] = {}
-    arrivals: dict[str, list[datetime]] = {}
-    for row, (vid, arrival) in enumerate(zip(sessions["vehicle_id"], sessions["arrival"])):
-        plans.setdefault(vid, []).append(
-            SessionPlan(starts, tuple(best.on[row].tolist()), end, float(best.summary["soc_at_end"].iloc[row]))
-        )
-        arrivals.setdefault(vid, []).append(arrival.to_pydatetime(warn=False))
-    return Optimal(plans, arrivals)
+    def policy_object(self):
+        """A fresh policy object of this run's policy (e.g. to restore a snapshot into)."""
+        settings = self.scenario.control_settings()
+        optimal = self.controller.policy if self.policy == "optimal" else None
+        return make_policy(self.policy, settings, optimal=optimal)
 
 
 def build(scenario: Scenario | str | Path | dict[str, Any], policy: str | None, seed: int | None,
           make_clock: Callable[[datetime], Clock]) -> Twin:
     """Wire ``scenario`` up for one run; ``make_clock(origin)`` gives the host's clock."""
     sc = as_scenario(scenario)
-    policy_name = policy or sc.policy
-    try:
-        check_policy(policy_name)
-    except ValueError as exc:
-        raise ScenarioError("policy", [str(exc)]) from None
+    policy_name = check_policy(policy or sc.policy)
     seed = sc.seed if seed is None else seed
     vehicles, sessions, origin, signals, oem_rng = prepare(sc, seed)
     clock = make_clock(origin)
-    curves = [
-        VehicleSpec(
-            battery_kwh=r.battery_kwh, max_ac_kw=r.max_ac_kw, efficiency=r.efficiency,
-            taper_knee_soc=r.taper_knee_soc, taper_floor_kw=r.taper_floor_kw, model=r.model,
-        ).curve(Charger(r.charger_kw))
-        for r in vehicles.itertuples()
-    ]
+    curves = vehicle_curves(vehicles)
     profiles = sc.oem_profiles
     oem_of = vehicles["oem"].tolist()
     cars = [
@@ -272,28 +224,33 @@ def build(scenario: Scenario | str | Path | dict[str, Any], policy: str | None, 
     world = World(cars, len(sessions))
     adapters: dict[str, SimulatedOEM] = {}
     ignoring = set(vehicles.loc[vehicles["ignores_stop"], "vehicle_id"])
+    accounts = dict(zip(vehicles["vehicle_id"], vehicles["account_id"]))
     for (name, profile), rng in zip(sorted(profiles.items()), oem_rng.spawn(len(profiles))):
         mine = [c for c in cars if oem_of[c.index] == name]
         if mine:
-            oem = SimulatedOEM(name, profile, world, clock, mine, rng, ignoring)
+            oem = SimulatedOEM(name, profile, world, clock, mine, rng, ignoring, accounts)
             adapters.update({c.vehicle_id: oem for c in mine})
 
-    c = sc.control
-    config = ControllerConfig(
-        poll_interval_s=c.poll_interval_s, plugged_poll_interval_s=c.plugged_poll_interval_s,
-        retry_base_s=c.retry_base_s, retry_max_s=c.retry_max_s, verify_after_s=c.verify_after_s,
-        escalate_after=c.escalate_after,
-    )
-    controller = Controller(make_policy(policy_name, sc, vehicles, sessions, signals), config)
+    settings = sc.control_settings()
+    optimal = None
+    if policy_name == "optimal":
+        from twin.foresight import optimal_policy  # the scheduler loads on demand
+
+        caps = {vid: adapters[vid].capabilities(vid) for vid in vehicles["vehicle_id"]}
+        current = {vid: c for vid, c in caps.items() if c.can_set_current}
+        optimal = optimal_policy(vehicles, sessions, signals, settings.params, settings.feeder_kw, current)
+    managed = [ManagedVehicle(vid, curve, account_id=account)
+               for vid, curve, account in zip(vehicles["vehicle_id"], curves, vehicles["account_id"])]
     daily = [time.fromisoformat(v) for v in vehicles["ready_by"]]
-    for r, curve, ready in zip(vehicles.itertuples(), curves, daily):
-        controller.register(
-            r.vehicle_id, curve, Preferences(ready_by=ready, target_soc=r.target_soc, min_soc=r.min_soc),
-            pushes=profiles[r.oem].push,
-        )
+    preferences = {
+        r.vehicle_id: Preferences(ready_by=ready, target_soc=r.target_soc, min_soc=r.min_soc)
+        for r, ready in zip(vehicles.itertuples(), daily)
+    }
+    ids = SeededIds(np.random.SeedSequence(seed).spawn(_STREAMS)[_IDS])
+    controller = build_controller(managed, preferences, settings, policy_name, adapters, new_id=ids, optimal=optimal)
     player = _player(sc, world, vehicles, sessions, origin, signals, daily)
     return Twin(sc, policy_name, seed, vehicles, sessions, origin, signals, curves, clock, world, controller,
-                adapters, player)
+                adapters, player, managed, ids)
 
 
 def _player(sc: Scenario, world: World, vehicles: pd.DataFrame, sessions: pd.DataFrame, origin: datetime,
@@ -360,15 +317,20 @@ def simulate(
     *,
     seed: int | None = None,
     progress: Callable[[float], None] | None = None,
+    restarts: Sequence[float] = (),
 ) -> SimulationResult:
     """Run ``scenario`` in the SimPy twin under ``policy`` and return its results.
 
     Parameters
     ----------
     scenario : a :class:`~twin.scenario.Scenario`, a path to a YAML file, or a mapping.
-    policy : ``uncontrolled``, ``smart`` or ``optimal`` (default: the scenario's ``policy``).
+    policy : ``uncontrolled``, ``smart``, ``smart_onoff`` or ``optimal`` (default: the scenario's
+        ``policy``).
     seed : overrides the scenario's seed.
     progress : called with the fraction of simulated time done, every few simulated hours.
+    restarts : simulated seconds at which the controller is written to JSON text and replaced by
+        one restored from it, as when a server restarts (the OEM clouds and cars run on). The
+        results equal an uninterrupted run's.
 
     Returns
     -------
@@ -382,12 +344,64 @@ def simulate(
     twin.player.deliver = driver.deliver
     env.process(_play(env, twin.player))
     until = twin.until
-    t = 0.0
-    while t < until:
-        t = min(until, t + _PROGRESS_CHUNK_S)
+    restart_at = {min(until, float(t)) for t in restarts if t > 0}
+    for t in sorted({*restart_at, *np.arange(_PROGRESS_CHUNK_S, until, _PROGRESS_CHUNK_S).tolist(), until}):
         env.run(until=t)
+        if t in restart_at:
+            driver.controller = twin.controller = restart(twin)
         if progress is not None:
             progress(t / until)
+    return finish(twin, wallclock.perf_counter() - t_wall)
+
+
+def restart(twin: Twin) -> Controller:
+    """A controller restored from ``twin``'s controller's snapshot, taken through JSON text.
+
+    In-flight calls are not sent again: the twin's host stays and delivers their outcomes.
+    """
+    text = json.dumps(twin.controller.snapshot(), allow_nan=False)
+    restored = build_controller(
+        twin.managed, {}, twin.scenario.control_settings(), twin.policy_object(), twin.adapters,
+        new_id=twin.ids, snapshot=json.loads(text), resend_pending=False,
+    )
+    restored.inline_planning = twin.controller.inline_planning
+    return restored
+
+
+def simulate_async(scenario: Scenario | str | Path | dict[str, Any], policy: str | None = None, *,
+                   seed: int | None = None) -> SimulationResult:
+    """Run a scenario through :class:`twin.host.aio.AsyncDriver` on a virtual-time asyncio loop.
+
+    Same twin (cars, OEM clouds, timeline) as :func:`simulate`, hosted by the live loop instead
+    of SimPy. Slower, but it exercises exactly what the server runs.
+    """
+    import asyncio
+
+    from twin.host.aio import AsyncClock, AsyncDriver, VirtualTimeLoop
+
+    t_wall = wallclock.perf_counter()
+    loop = VirtualTimeLoop()
+    try:
+        twin = build(scenario, policy, seed, lambda origin: AsyncClock(origin, loop))
+        clock = twin.clock
+        driver = AsyncDriver(twin.controller, twin.adapters, clock, twin.world.log.append)
+        twin.player.deliver = driver.deliver
+
+        async def play() -> None:
+            for i, t in enumerate(twin.player.times):
+                wait = t - clock.seconds
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                twin.player.apply(i)
+
+        async def main() -> None:
+            runner = asyncio.ensure_future(driver.run(twin.until))
+            await play()
+            await runner
+
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
     return finish(twin, wallclock.perf_counter() - t_wall)
 
 

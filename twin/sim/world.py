@@ -6,8 +6,9 @@ right simulated time, and each car's energy is advanced exactly, in closed form,
 event to now (:mod:`twin.battery`). A car that reaches its charge limit stops at the exact
 instant it did so, even if nobody looks at it until later.
 
-Every charging segment (start, end, SoC at both) is recorded; results are computed from those
-segments afterwards (:mod:`twin.results`).
+Every charging segment (start, end, SoC at both, and the power cap a charging current set
+through the OEM API imposed) is recorded; results are computed from those segments afterwards
+(:mod:`twin.results`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Car:
     __slots__ = (
         "index", "vehicle_id", "curve", "autostart",
         "soc", "t", "plugged", "charging", "limit", "session",
-        "seg_t0", "seg_soc0", "last_charge_end",
+        "seg_t0", "seg_soc0", "last_charge_end", "cap_kw", "active",
     )
 
     def __init__(self, index: int, vehicle_id: str, curve: ChargeCurve, soc: float, autostart: bool) -> None:
@@ -50,6 +51,9 @@ class Car:
         self.seg_t0 = 0.0
         self.seg_soc0 = 0.0
         self.last_charge_end = -math.inf
+        #: power cap from the charging current last set (inf: none) and the curve it gives
+        self.cap_kw = math.inf
+        self.active = curve
 
 
 class World:
@@ -58,8 +62,8 @@ class World:
     def __init__(self, cars: list[Car], session_count: int) -> None:
         self.cars = cars
         self.by_id = {c.vehicle_id: c for c in cars}
-        #: charging segments: (car index, session, t0 s, t1 s, soc0, soc1)
-        self.segments: list[tuple[int, int, float, float, float, float]] = []
+        #: charging segments: (car index, session, t0 s, t1 s, soc0, soc1, power cap kW or inf)
+        self.segments: list[tuple[int, int, float, float, float, float, float]] = []
         #: event log: (t s, vehicle_id, kind, detail)
         self.log: list[tuple[float, str, str, str]] = []
         self.soc_arrival = np.full(session_count, np.nan)
@@ -74,7 +78,7 @@ class World:
     def advance(self, car: Car, t: float) -> None:
         """Bring ``car`` to time ``t`` (seconds), integrating any charging exactly."""
         if car.charging and t > car.t:
-            curve = car.curve
+            curve = car.active
             soc = curve.soc_after(car.soc, (t - car.t) / 3600.0)
             if soc >= car.limit - _EPS:
                 t_full = car.t + curve.hours_to(car.soc, car.limit) * 3600.0
@@ -93,7 +97,7 @@ class World:
         car.charging = False
         car.last_charge_end = t
         if t > car.seg_t0:
-            self.segments.append((car.index, car.session, car.seg_t0, t, car.seg_soc0, car.soc))
+            self.segments.append((car.index, car.session, car.seg_t0, t, car.seg_soc0, car.soc, car.cap_kw))
 
     def close(self, t: float) -> None:
         """End the run at ``t``: close the segments of cars still charging."""
@@ -153,6 +157,25 @@ class World:
         if car.soc >= car.limit - _EPS:
             raise CommandRejected(car.vehicle_id, "fully_charged")
         self._begin_segment(car, t)
+
+    def set_power_cap(self, car: Car, t: float, kw: float) -> None:
+        """Limit ``car``'s draw to ``kw`` from ``t`` (a charging current set through its cloud)."""
+        self.advance(car, t)
+        if kw == car.cap_kw:
+            return
+        if car.charging:
+            self._end_segment(car, t)
+            car.cap_kw, car.active = kw, car.curve.capped(kw)
+            self._begin_segment(car, t)
+        else:
+            car.cap_kw, car.active = kw, car.curve.capped(kw)
+
+    def set_limit(self, car: Car, t: float, soc: float) -> None:
+        """Set ``car``'s own charge limit; a car above it stops charging."""
+        self.advance(car, t)
+        car.limit = soc
+        if car.charging and car.soc >= soc - _EPS:
+            self._end_segment(car, t)
 
     def stop(self, car: Car, t: float) -> None:
         self.advance(car, t)

@@ -1,0 +1,78 @@
+"""Settings of the control path: what the policies optimise and how the loop is tuned.
+
+Every field here is also a field of a scenario's ``control`` section (``twin.scenario.
+ControlModel``, with the same name and default; a test keeps the two in step), and the live
+server reads the same names from its settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ControllerConfig", "ControlParams", "ControlSettings"]
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Tunables of the control loop (seconds unless named otherwise)."""
+
+    # A D2V platform that polls must notice a plug-in within a settlement slot to plan it;
+    # 15 min is the usual compromise with per-vehicle data quotas (Tesla's historical limit was
+    # one data request per car per 5 min; Smartcar asks for no more than needed).
+    poll_interval_s: float = 900.0
+    # Once plugged in, a polled car only needs checking for departure and progress.
+    plugged_poll_interval_s: float = 1800.0
+    retry_base_s: float = 30.0
+    # Beyond ~30 min a retry no longer helps within a typical overnight window.
+    retry_max_s: float = 1800.0
+    # A plugged-in car that still needs charge is retried at least every this share of its
+    # slack (time to ready-by minus the time charging flat out takes), so exponential back-off
+    # never sleeps through the last chance to start it; never more often than retry_base_s.
+    backoff_slack_share: float = 0.25
+    # Commands take effect within seconds to a couple of minutes; clouds cache readings for
+    # minutes. Ten minutes lets a fresh reading exist before we judge the car.
+    verify_after_s: float = 600.0
+    # A car that ignored "stop" twice is not going to obey a third time soon (it is the model,
+    # or the car's own schedule overrides the API); further commands only burn quota.
+    escalate_after: int = 2
+    # A car that disobeyed a stop and cannot be confirmed stopped this long afterwards (reads
+    # failing, quota exhausted) is escalated anyway: it may be charging against the plan.
+    escalate_within_s: float = 1800.0
+    # Re-plan when a reading differs from the estimate by more than this (SoC fraction): above
+    # the 1 % reporting step of most clouds plus estimation error over an hour.
+    replan_soc_deviation: float = 0.03
+    # A start that lands this much after its slot began has cost charge the plan counted on.
+    replan_late_s: float = 120.0
+    # One check read this long before the deadline catches a plan that is falling behind.
+    check_before_deadline_s: float = 3600.0
+    # Tell the driver again when the start time moves by this much or the expected SoC by 5 %.
+    notify_shift_s: float = 1800.0
+    notify_soc_shift: float = 0.05
+    # Every OEM call is abandoned (and retried as a transient failure) after this long. The
+    # Smartcar SDK waits 310 s: commands can legitimately take minutes.
+    call_timeout_s: float = 310.0
+    # A planning job that failed is tried again this much later; meanwhile the car charges as
+    # it would uncontrolled, so a solver failure never costs the driver their charge.
+    replan_after_failure_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ControlParams:
+    """What the planning policies optimise: cost + weight × carbon, per car."""
+
+    carbon_weight_gbp_per_kg: float = 0.0
+    # Each start is an OEM call that may wake the car; a few pence per start stops a plan from
+    # toggling a car for a saving smaller than the risk of the command going wrong.
+    start_penalty_gbp: float = 0.02
+    min_run_slots: int = 1
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """Everything that configures a controller besides its cars: the loop, the objective, the
+    planning slot grid and the site's feeder limit (kW at every instant; None: no limit)."""
+
+    config: ControllerConfig = ControllerConfig()
+    params: ControlParams = ControlParams()
+    slot_minutes: int = 30
+    feeder_kw: float | None = None

@@ -1,0 +1,423 @@
+"""Control policies: when a plugged-in car should charge, and how hard.
+
+``uncontrolled``
+    Charge on plug-in until the target, as a car does without smart charging.
+``smart``
+    Plans each car when it plugs in, from what the platform could know then: the published
+    price and carbon forecasts (:class:`PriceBook`, persistence beyond the published horizon),
+    the car's estimated SoC and the driver's ready-by and target. It re-plans when a reading
+    deviates from the plan, when a start lands late, when new forecasts are published, when
+    preferences change and when a car is escalated. Cars whose charging current can be set are
+    planned with continuous power and dispatched as a current; the others on/off at slot
+    boundaries. With a site feeder limit, each car is planned against the capacity the other
+    cars' plans (and uncontrollable cars) leave free, least slack first.
+``smart_onoff``
+    ``smart`` with start/stop only, even where the car's current could be set: the comparison
+    that shows what modulation is worth.
+``optimal``
+    Replays the perfect-foresight plan of every session (:mod:`twin.foresight`): arrival,
+    departure and actual prices known in advance. The bound other policies are measured
+    against.
+
+A policy plans in two steps so that planning can run off the host's event loop:
+:meth:`Policy.prepare` runs on the loop and captures what a plan needs from the controller's
+state into a :class:`~twin.control.events.PlanJob`; the job's ``run()`` is pure and may run on
+another thread. Everything else a policy answers (``wants_kw``, ``next_change``, ``outlook``)
+reads a car's current plan and is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from math import ceil, floor
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from twin.battery import ChargeCurve
+from twin.control.config import ControlParams, ControlSettings
+from twin.control.events import ForecastUpdated, PlanJob
+from twin.control.planning import (
+    expected_kw, feeder_room, least_slack_order, session_plans, session_problem, settable_levels,
+)
+from twin.control.track import SessionPlan, VehicleTrack
+from twin.domain import SOC_TOLERANCE
+
+__all__ = [
+    "Policy", "Uncontrolled", "PlanFollower", "Smart", "Optimal", "PriceBook", "CarView", "POLICIES",
+    "make_policy",
+]
+
+#: policy names the twin and the server know
+POLICIES = ("uncontrolled", "smart", "smart_onoff", "optimal")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Persistence forecast: beyond the published horizon, assume a slot costs what the same slot
+# did this many days earlier (the first one known), the usual naive forecast for day-ahead
+# prices and carbon intensity.
+_PERSISTENCE_DAYS = (1, 2, 7)
+
+
+class Policy(Protocol):
+    """Decides how much a plugged-in car should charge now (see the module docstring)."""
+
+    name: str
+
+    def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
+                fleet: Sequence[VehicleTrack]) -> PlanJob | None:
+        """A job that plans ``tracks`` (``fleet``: every plugged-in car), or None when there is
+        nothing to plan. The job's ``vehicle_ids`` lists every car it may return a plan for."""
+        ...
+
+    def wants_kw(self, now: datetime, track: VehicleTrack) -> float:
+        """Grid kW the car should draw now: 0 to stop, ``inf`` for as fast as it charges."""
+        ...
+
+    def next_change(self, now: datetime, track: VehicleTrack) -> datetime | None: ...
+
+    def on_forecast(self, now: datetime, event: ForecastUpdated) -> bool:
+        """Take a new forecast; return True if plugged-in cars should be re-planned."""
+        ...
+
+    def outlook(self, now: datetime, track: VehicleTrack) -> tuple[datetime | None, float]:
+        """(when charging will start, SoC expected at ready-by) for the driver."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def restore(self, data: Mapping[str, Any]) -> None: ...
+
+
+class Uncontrolled:
+    """Charge on plug-in until the target, as a car does without smart charging."""
+
+    name = "uncontrolled"
+
+    def prepare(self, now, tracks, fleet):
+        return None
+
+    def wants_kw(self, now: datetime, track: VehicleTrack) -> float:
+        return math.inf if track.plugged_in and track.needs_charge(now) else 0.0
+
+    def next_change(self, now: datetime, track: VehicleTrack) -> datetime | None:
+        return None
+
+    def on_forecast(self, now: datetime, event: ForecastUpdated) -> bool:
+        return False
+
+    def outlook(self, now: datetime, track: VehicleTrack) -> tuple[datetime | None, float]:
+        soc = track.soc_estimate(now) or 0.0
+        if track.deadline is None or soc >= track.target - SOC_TOLERANCE:
+            return None, soc
+        hours = max(0.0, (track.deadline - now).total_seconds() / 3600.0)
+        return now, min(track.target, track.curve.soc_after(soc, hours))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        pass
+
+
+class PriceBook:
+    """What the platform currently expects each slot's price and carbon to be."""
+
+    def __init__(self, slot_minutes: int) -> None:
+        self.slot_s = slot_minutes * 60
+        self._price: dict[int, float] = {}
+        self._carbon: dict[int, float] = {}
+
+    def update(self, frame: pd.DataFrame) -> None:
+        """Take the known (non-NaN) values of a forecast frame (see ``ForecastUpdated``)."""
+        keys = ((frame.index - pd.Timestamp(_EPOCH)) // pd.Timedelta(seconds=1)).to_numpy().tolist()
+        for table, column in ((self._price, "price_gbp_per_kwh"), (self._carbon, "carbon_g_per_kwh")):
+            values = frame[column].to_numpy().tolist()
+            table.update((k, v) for k, v in zip(keys, values) if v == v)
+
+    def series(self, first: datetime, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Expected price (GBP/kWh) and carbon (gCO2/kWh) for ``count`` slots from ``first``."""
+        k0 = int((first - _EPOCH).total_seconds())
+        keys = [k0 + i * self.slot_s for i in range(count)]
+        return self._lookup(self._price, keys), self._lookup(self._carbon, keys)
+
+    def _lookup(self, table: dict[int, float], keys: list[int]) -> np.ndarray:
+        out = np.empty(len(keys))
+        fallback = float(np.mean(list(table.values()))) if table else 0.0
+        for i, k in enumerate(keys):
+            value = table.get(k)
+            if value is None:
+                for days in _PERSISTENCE_DAYS:
+                    value = table.get(k - days * 86400)
+                    if value is not None:
+                        break
+            out[i] = fallback if value is None else value
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"price": sorted(self._price.items()), "carbon": sorted(self._carbon.items())}
+
+    def load_json(self, data: Mapping[str, Any]) -> None:
+        self._price = {int(k): float(v) for k, v in data["price"]}
+        self._carbon = {int(k): float(v) for k, v in data["carbon"]}
+
+
+class PlanFollower:
+    """Common behaviour of policies that follow a per-session plan."""
+
+    name = "plan"
+
+    def wants_kw(self, now: datetime, track: VehicleTrack) -> float:
+        if not track.plugged_in:
+            return 0.0
+        soc = track.soc_estimate(now)
+        if soc is not None and soc < track.preferences.min_soc - SOC_TOLERANCE:
+            return math.inf  # below the driver's minimum: charge now whatever the price
+        plan = track.plan
+        if plan is None:
+            return 0.0
+        level = plan.level_at(now)
+        return level if plan.modulated or level <= 0.0 else math.inf
+
+    def next_change(self, now: datetime, track: VehicleTrack) -> datetime | None:
+        return track.plan.next_change(now) if track.plan is not None else None
+
+    def on_forecast(self, now: datetime, event: ForecastUpdated) -> bool:
+        return False
+
+    def outlook(self, now: datetime, track: VehicleTrack) -> tuple[datetime | None, float]:
+        if track.plan is None:
+            return None, track.soc_estimate(now) or 0.0
+        start = track.plan.charge_start_at
+        return (max(start, now) if start is not None else None), track.plan.expected_soc
+
+    def snapshot(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class CarView:
+    """What planning needs of one car, captured on the loop so a job can run elsewhere."""
+
+    vehicle_id: str
+    curve: ChargeCurve
+    soc: float | None
+    target: float
+    min_soc: float
+    limit: float
+    deadline: datetime | None
+    plan: SessionPlan | None
+    #: escalated, or unreachable: its draw is whatever it does on its own
+    uncontrollable: bool
+    charging: bool
+    plugged_in: bool
+    #: the powers it can be set to draw when planned modulated (:func:`settable_levels`); None: on/off
+    settable: np.ndarray | None
+
+    @property
+    def modulated(self) -> bool:
+        return self.settable is not None
+
+    @property
+    def min_kw(self) -> float | None:
+        return None if self.settable is None else float(self.settable[0])
+
+    @classmethod
+    def of(cls, now: datetime, t: VehicleTrack, modulate: bool) -> CarView:
+        caps = t.caps
+        settable = settable_levels(caps, t.curve.max_kw) if modulate and caps.can_set_current else None
+        return cls(t.vehicle_id, t.curve, t.soc_estimate(now), t.target, t.preferences.min_soc, t.limit,
+                   t.deadline, t.plan, t.escalated or not t.reachable, t.charging, t.plugged_in, settable)
+
+    def plannable(self, now: datetime) -> bool:
+        return (self.deadline is not None and self.deadline > now and self.soc is not None
+                and not self.uncontrollable)
+
+    def planned_kw(self, plan: SessionPlan | None, now: datetime, starts: list[datetime],
+                   slot: timedelta) -> np.ndarray:
+        """What this car is expected to draw per slot: its plan, or flat out if it is
+        uncontrollable or charging without a plan."""
+        flat_out = self.uncontrollable or (plan is None and self.charging)
+        if not self.plugged_in or (not flat_out and plan is None):
+            return np.zeros(len(starts))
+        levels = [math.inf if flat_out else plan.level_at(s + slot / 2) for s in starts]
+        available = [max(0.0, (s + slot - max(s, now)).total_seconds() / 3600.0) for s in starts]
+        return expected_kw(self.curve, self.soc or 0.0, self.limit, levels, available, slot.total_seconds() / 3600.0)
+
+
+class _SmartJob:
+    """A smart planning round, on captured views (see :meth:`Smart.prepare`)."""
+
+    def __init__(self, smart: Smart, now: datetime, todo: list[CarView], fleet: list[CarView] | None,
+                 first: datetime, price: np.ndarray, carbon: np.ndarray) -> None:
+        self.now, self.todo, self.fleet = now, todo, fleet
+        self.first, self.price, self.carbon = first, price, carbon
+        self.slot = smart.slot
+        self.params = smart.params
+        self.feeder_kw = smart.feeder_kw
+        self.vehicle_ids = tuple(v.vehicle_id for v in (fleet if fleet is not None else todo))
+
+    def run(self) -> dict[str, SessionPlan]:
+        now = self.now
+        if self.feeder_kw is None:
+            return self._plan(self.todo, None)
+        # One car at a time against the headroom the others leave, least slack first. If a car
+        # cannot be fitted, the whole site is re-planned in that order, so cars that plugged in
+        # early do not keep cheap slots a more urgent car needs.
+        assert self.fleet is not None
+        plans = {v.vehicle_id: v.plan for v in self.fleet}
+        done = self._sequential(self.todo, plans)
+        short = any(p is not None and p.expected_soc < v.target - SOC_TOLERANCE
+                    for v in self.todo for p in [done.get(v.vehicle_id)])
+        if short and len(self.fleet) > len(self.todo):
+            everyone = [v for v in self.fleet if v.plannable(now)]
+            for v in everyone:
+                plans[v.vehicle_id] = None
+            done = self._sequential(everyone, plans)
+        return done
+
+    def _sequential(self, views: list[CarView], plans: dict[str, SessionPlan | None]) -> dict[str, SessionPlan]:
+        now = self.now
+        order = least_slack_order([(v.deadline - now).total_seconds() / 3600.0 for v in views],
+                                  [v.curve for v in views], [v.soc for v in views], [v.target for v in views])
+        views = [views[i] for i in order]
+        pending = {v.vehicle_id for v in views}
+        done: dict[str, SessionPlan] = {}
+        for v in views:
+            pending.discard(v.vehicle_id)
+            others = [o for o in self.fleet if o.vehicle_id != v.vehicle_id and o.vehicle_id not in pending]
+            plan = self._plan([v], others, plans)[v.vehicle_id]
+            plans[v.vehicle_id] = done[v.vehicle_id] = plan
+        return done
+
+    def _plan(self, views: list[CarView], others: list[CarView] | None,
+              plans: dict[str, SessionPlan | None] | None = None) -> dict[str, SessionPlan]:
+        now, slot = self.now, self.slot
+        slot_s = slot.total_seconds()
+        first = self.first
+        count = max(1, ceil((max(v.deadline for v in views) - first).total_seconds() / slot_s))
+        price, carbon = self.price[:count], self.carbon[:count]
+        feeder = None
+        curves = [v.curve for v in views]
+        if others is not None:
+            residual = np.full(count, float(self.feeder_kw))
+            starts = [first + i * slot for i in range(count)]
+            for o in others:
+                residual -= o.planned_kw(plans[o.vehicle_id], now, starts, slot)
+            price, feeder = feeder_room(price, residual, curves[0], views[0].min_kw)
+        problem = session_problem(
+            curves, slot_hours=slot_s / 3600.0,
+            soc0=[min(v.soc, v.target) for v in views], target_soc=[v.target for v in views],
+            min_soc=[v.min_soc for v in views],
+            start_slot=[(now - first).total_seconds() / slot_s] * len(views),
+            end_slot=[(v.deadline - first).total_seconds() / slot_s for v in views],
+            price=price, carbon=carbon, params=self.params, modulated=[v.modulated for v in views],
+            feeder_kw=feeder, vehicle_ids=[v.vehicle_id for v in views],
+        )
+        from twin.scheduler import solve
+
+        solved = session_plans(problem, solve(problem), curves, first, slot, [v.settable for v in views])
+        return {v.vehicle_id: p for v, p in zip(views, solved)}
+
+
+class Smart(PlanFollower):
+    """Plan on what could be known, re-plan on news (see the module docstring).
+
+    ``modulate``: plan cars whose charging current can be set with continuous power.
+    """
+
+    name = "smart"
+
+    def __init__(self, slot_minutes: int, params: ControlParams | None = None,
+                 feeder_kw: float | None = None, *, modulate: bool = True) -> None:
+        self.params = params or ControlParams()
+        self.slot = timedelta(minutes=slot_minutes)
+        self.book = PriceBook(slot_minutes)
+        self.feeder_kw = feeder_kw
+        self.modulate = modulate
+        if not modulate:
+            self.name = "smart_onoff"
+
+    def on_forecast(self, now: datetime, event: ForecastUpdated) -> bool:
+        self.book.update(event.frame)
+        return True
+
+    def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
+                fleet: Sequence[VehicleTrack]) -> PlanJob | None:
+        todo = [v for v in (CarView.of(now, t, self.modulate) for t in tracks) if v.plannable(now)]
+        if not todo:
+            return None
+        views = None
+        horizon = todo
+        if self.feeder_kw is not None:
+            mine = {v.vehicle_id: v for v in todo}
+            views = [mine.get(t.vehicle_id) or CarView.of(now, t, self.modulate) for t in fleet]
+            horizon = [v for v in views if v.plannable(now)]
+        slot_s = self.slot.total_seconds()
+        first = _EPOCH + timedelta(seconds=floor((now - _EPOCH).total_seconds() / slot_s) * slot_s)
+        count = max(1, ceil((max(v.deadline for v in horizon) - first).total_seconds() / slot_s))
+        price, carbon = self.book.series(first, count)
+        return _SmartJob(self, now, todo, views, first, price, carbon)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"book": self.book.to_json()}
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        self.book.load_json(data["book"])
+
+
+class _Lookup:
+    """Optimal's job: look the plans up (cheap, but through the same request path)."""
+
+    def __init__(self, plans: dict[str, SessionPlan | None]) -> None:
+        self.plans = plans
+        self.vehicle_ids = tuple(plans)
+
+    def run(self) -> dict[str, SessionPlan | None]:
+        return dict(self.plans)
+
+
+class Optimal(PlanFollower):
+    """Follow precomputed perfect-foresight plans, one per (vehicle, session)."""
+
+    name = "optimal"
+
+    def __init__(self, plans: dict[str, list[SessionPlan]], arrivals: dict[str, list[datetime]]) -> None:
+        self._plans = plans
+        self._arrivals = arrivals
+
+    def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
+                fleet: Sequence[VehicleTrack]) -> PlanJob | None:
+        out: dict[str, SessionPlan | None] = {}
+        for t in tracks:
+            arrivals = self._arrivals.get(t.vehicle_id, [])
+            # the session that started last at or before the plug-in we saw (a second of slack
+            # absorbs time rounding between the table and the simulated clock)
+            seen = (t.session_started or now) + timedelta(seconds=1)
+            k = max((i for i, a in enumerate(arrivals) if a <= seen), default=None)
+            out[t.vehicle_id] = self._plans[t.vehicle_id][k] if k is not None else None
+        return _Lookup(out)
+
+
+def make_policy(name: str, settings: ControlSettings, *, optimal: Optimal | None = None) -> Policy:
+    """The policy called ``name`` (one of :data:`POLICIES`) for ``settings``.
+
+    ``optimal`` needs the perfect-foresight plans, which only the twin can compute
+    (:func:`twin.foresight.optimal_policy`); pass the policy it built.
+    """
+    if name == "uncontrolled":
+        return Uncontrolled()
+    if name in ("smart", "smart_onoff"):
+        return Smart(settings.slot_minutes, settings.params, settings.feeder_kw, modulate=name == "smart")
+    if name == "optimal":
+        if optimal is None:
+            raise ValueError("the optimal policy replays perfect-foresight plans; build it with "
+                             "twin.foresight.optimal_policy(...) and pass it as optimal=")
+        return optimal
+    raise ValueError(f"unknown policy '{name}'; choose one of: {', '.join(POLICIES)}")
