@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 
 import numpy as np
 from hypothesis import strategies as st
@@ -15,6 +16,21 @@ REL = 1e-6
 
 def rel_close(a: float, b: float, rel: float = REL) -> bool:
     return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+def assert_checked_share(counts: Counter, share: float, at_least: int = 3) -> None:
+    """Fail unless ``counts["checked"]`` is at least ``at_least`` and ``share`` of ``counts["attempts"]``.
+
+    Property tests that ``assume()`` away some of their examples count how many examples they
+    were called with (``attempts``) and how many got through to the assertions (``checked``),
+    so that a generator drifting into mostly rejected cases fails instead of passing on a
+    handful of examples.
+    """
+    attempts, checked = counts["attempts"], counts["checked"]
+    print(f"checked {checked} of {attempts} examples ({checked / max(attempts, 1):.0%})")
+    assert checked >= max(at_least, share * attempts), (
+        f"only {checked} of {attempts} examples were checked (need at least {at_least} and {share:.0%})"
+    )
 
 
 @st.composite

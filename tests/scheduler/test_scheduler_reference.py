@@ -1,34 +1,52 @@
 """The reference model (Pyomo) against the matrix model (highspy), and its physics."""
 
-import numpy as np
-from hypothesis import HealthCheck, given, settings
+from collections import Counter
 
-from _scheduler_cases import problems, rel_close
+import numpy as np
+from hypothesis import HealthCheck, given, reject, settings
+
+from _scheduler_cases import assert_checked_share, problems, rel_close
 from twin.scheduler import FleetProblem, plan_violations, solve
 from twin.scheduler.errors import InfeasibleProblem
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(max_cars=3, max_slots=8, feeder=True))
-def test_pyomo_and_highs_agree_on_coupled_lp(p):
-    try:
-        a = solve(p, "pyomo")
-    except InfeasibleProblem:
-        return
-    b = solve(p, "highs")
-    assert rel_close(a.objective_total_gbp, b.objective_total_gbp)
-    assert plan_violations(p, a.energy_kwh) == []
+def test_pyomo_and_highs_agree_on_coupled_lp():
+    counts = Counter()
+
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(problems(max_cars=3, max_slots=8, feeder=True))
+    def check(p):
+        counts["attempts"] += 1
+        try:
+            a = solve(p, "pyomo")
+        except InfeasibleProblem:
+            reject()
+        b = solve(p, "highs")
+        assert rel_close(a.objective_total_gbp, b.objective_total_gbp)
+        assert plan_violations(p, a.energy_kwh) == []
+        counts["checked"] += 1
+
+    check()
+    assert_checked_share(counts, 0.3)  # measured over 70 seeds: 82 % checked on average, 60 % at worst
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(max_cars=2, max_slots=6, feeder=True, mode="onoff"))
-def test_pyomo_and_highs_agree_on_onoff_milp(p):
-    try:
-        a = solve(p, "pyomo")
-    except InfeasibleProblem:
-        return
-    b = solve(p, "highs")
-    assert rel_close(a.objective_total_gbp, b.objective_total_gbp)
+def test_pyomo_and_highs_agree_on_onoff_milp():
+    counts = Counter()
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(problems(max_cars=2, max_slots=6, feeder=True, mode="onoff"))
+    def check(p):
+        counts["attempts"] += 1
+        try:
+            a = solve(p, "pyomo")
+        except InfeasibleProblem:
+            reject()
+        b = solve(p, "highs")
+        assert rel_close(a.objective_total_gbp, b.objective_total_gbp)
+        counts["checked"] += 1
+
+    check()
+    assert_checked_share(counts, 0.25)  # measured over 70 seeds: 79 % checked on average, 48 % at worst
 
 
 def test_unreachable_target_charges_at_the_limit_and_reports_shortfall():

@@ -15,10 +15,12 @@ where ``cap = a * slot_hours * rate_kw`` and ``alpha``, ``A`` are the taper coef
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .problem import FleetProblem
+if TYPE_CHECKING:  # annotations only: problem.py imports this module
+    from .problem import FleetProblem
 
 
 def step_up(level, cap, alpha, rhs, taper):
@@ -142,3 +144,8 @@ def cached(problem: FleetProblem, key: str, build):
     if key not in cache:
         cache[key] = build(problem)
     return cache[key]
+
+
+def cached_forced_prefix(problem: FleetProblem) -> ForcedPrefix:
+    """:func:`forced_prefix` memoised on the (immutable) problem."""
+    return cached(problem, "forced", forced_prefix)

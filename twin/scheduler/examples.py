@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .independent import solve_independent_modulated
 from .problem import FleetProblem
 
 __all__ = ["agile_like_day", "example_fleet", "feeder_for"]
@@ -93,8 +94,6 @@ def example_fleet(
 def feeder_for(problem: FleetProblem, binding_slots: int = 10) -> FleetProblem:
     """``problem`` with a flat feeder limit that the independent optimum exceeds in
     ``binding_slots`` slots (the limit is the next-highest slot load, in kW)."""
-    from .independent import solve_independent_modulated
-
     x, ok, _ = solve_independent_modulated(problem)
     load_kw = x.sum(axis=0) / problem.slot_hours
     limit = np.sort(load_kw)[::-1][binding_slots]

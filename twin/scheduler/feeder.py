@@ -47,9 +47,10 @@ import highspy
 import numpy as np
 from ortools.graph.python import min_cost_flow
 
+from ._physics import cached_forced_prefix
 from .errors import InfeasibleProblem, SolverRefused
 from .highs_model import quiet_highs
-from .independent import cached_forced_prefix, solve_independent_modulated
+from .independent import solve_independent_modulated
 from .problem import FEASIBILITY_TOL_KWH, FleetProblem
 
 __all__ = ["solve_feeder_modulated", "transportation_flow"]

@@ -32,9 +32,8 @@ import time
 import highspy
 import numpy as np
 
-from ._physics import asap_levels, cached
+from ._physics import asap_levels, cached, cached_forced_prefix
 from .errors import InfeasibleProblem, SolverFailed
-from .independent import cached_forced_prefix
 from .problem import FleetProblem, Plan, evaluate_plan
 
 __all__ = ["solve_highs", "HighsModel", "build_highs_model"]

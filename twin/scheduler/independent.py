@@ -18,25 +18,18 @@ exactly those cars to an LP.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from ._physics import ForcedPrefix, cached, cumsum_rows, forced_prefix, step_up
+from ._blocks import _map_blocks
+from ._physics import cached_forced_prefix, cumsum_rows, step_up
 from .problem import FEASIBILITY_TOL_KWH, FleetProblem
 from ._taper_dp import solve_taper_cars
 
-__all__ = ["solve_independent_modulated", "cached_forced_prefix"]
+__all__ = ["solve_independent_modulated"]
 
 # Cars are processed in blocks so that the (cars x slots) work arrays stay in a few MB of cache
 # and peak memory stays flat at 100k cars.
 CHUNK_CARS = 8192
-
-
-def cached_forced_prefix(problem: FleetProblem) -> ForcedPrefix:
-    """:func:`forced_prefix` memoised on the (immutable) problem."""
-    return cached(problem, "forced", forced_prefix)
 
 
 def _fill(cap: np.ndarray, need: np.ndarray, order: np.ndarray | None, cost: np.ndarray, out=None) -> np.ndarray:
@@ -241,20 +234,6 @@ def _solve_dp_cars(p, idx, rows_dp, energy, ok, used_dp, c_shared, extra) -> Non
         used_dp[r] = okm
 
     _map_blocks(run, blocks)
-
-
-# numpy releases the GIL inside array operations, so two threads keep both cores of the
-# reference machine busy on independent blocks of cars (each block writes its own rows).
-THREADS = min(2, os.cpu_count() or 1)
-
-
-def _map_blocks(fn, blocks) -> None:
-    if THREADS > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(max_workers=THREADS) as pool:
-            list(pool.map(fn, blocks))
-    else:
-        for b in blocks:
-            fn(b)
 
 
 def _feasible(p: FleetProblem, cars: np.ndarray, x: np.ndarray, limits=None) -> np.ndarray:

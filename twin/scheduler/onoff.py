@@ -29,8 +29,7 @@ import math
 
 import numpy as np
 
-from ._physics import step_up
-from .independent import cached_forced_prefix
+from ._physics import cached_forced_prefix, step_up
 from .problem import FleetProblem
 
 __all__ = ["solve_onoff_independent"]

@@ -37,6 +37,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._blocks import _map_blocks
+from ._physics import min_soc_floor
+
 __all__ = ["FleetProblem", "Plan", "MODES", "evaluate_plan", "plan_violations"]
 
 #: Control modes: continuous power (``"modulated"``) or start/stop at the car's own rate.
@@ -636,8 +639,6 @@ def evaluate_plan(
     # Blocks of rows keep the passes over a large fleet's matrices in cache, and run on both
     # cores (numpy releases the GIL); one block for a small fleet.
     if n > _EVAL_ROWS:
-        from .independent import _map_blocks  # local import: independent imports this module
-
         _map_blocks(rows, list(range(0, n, _EVAL_ROWS)))
     else:
         rows(0)
@@ -688,8 +689,6 @@ def plan_violations(problem: FleetProblem, energy_kwh: np.ndarray, tol: float = 
     Checks the window, power and taper limits (end-of-slot form), SoC <= target, the min-SoC
     trajectory and the feeder limit, each with tolerance ``tol`` (kWh).
     """
-    from ._physics import min_soc_floor  # local import: _physics imports this module
-
     p = problem
     x = np.asarray(energy_kwh, dtype=float)
     out: list[str] = []
