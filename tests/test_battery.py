@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from twin.battery import ChargeCurve, curve_arrays, soc_after_array
@@ -67,13 +67,23 @@ def test_power_never_exceeds_charger_car_or_taper(c, soc, hours):
     assert avg_kw <= c.power_kw(soc) + 1e-9
 
 
-@settings(max_examples=200, deadline=None)
-@given(curves, st.floats(0, 0.95), st.floats(0, 0.3))
-def test_hours_to_inverts_soc_after(c, soc, gain):
-    target = min(soc + gain, 1.0)
-    h = c.hours_to(soc, target)
-    if math.isfinite(h):
+def test_hours_to_inverts_soc_after():
+    seen = {"tried": 0, "checked": 0}
+
+    @settings(max_examples=200, deadline=None)
+    @given(curves, st.floats(0, 0.95), st.floats(0, 0.3))
+    def inverts(c, soc, gain):
+        seen["tried"] += 1
+        target = min(soc + gain, 1.0)
+        h = c.hours_to(soc, target)
+        # a target the taper only approaches (no floor power, target 100 %) has no time to invert
+        assume(math.isfinite(h))
+        seen["checked"] += 1
         assert math.isclose(c.soc_after(soc, h), target, abs_tol=1e-9)
+
+    inverts()
+    # measured over 30 runs: 96.6-100 % of generated cases had a finite time (mean 99.3 %)
+    assert seen["checked"] >= 0.9 * seen["tried"], seen
 
 
 @settings(max_examples=100, deadline=None)
