@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from twin.results import KPI_DESCRIPTIONS, SimulationResult
+from twin.results import KPI_DESCRIPTIONS
 from twin.scenario import ScenarioError, scenario_json_schema
 
 app = typer.Typer(

@@ -27,7 +27,7 @@ import pandas as pd
 
 from twin.control.config import ControlParams
 from twin.control.planning import (
-    expected_kw, feeder_room, least_slack_order, session_plans, session_problem, settable_levels,
+    expected_kw, feeder_room, least_slack_order, scheduler, session_plans, session_problem, settable_levels,
 )
 from twin.control.policies import Optimal
 from twin.control.track import SessionPlan
@@ -50,7 +50,6 @@ class Foresight:
 
     plans: list[SessionPlan]
     summary: pd.DataFrame
-    slot_starts: pd.DatetimeIndex
     solve_seconds: float
 
 
@@ -124,9 +123,7 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
                 start_slot=start[b], end_slot=end[b], price=batch_price, carbon=carbon_g, params=params,
                 modulated=mod[b], feeder_kw=feeder, vehicle_ids=s["vehicle_id"].to_numpy()[b].tolist(),
             )
-            from twin.scheduler import solve
-
-            plan = solve(problem)
+            plan = scheduler().solve(problem)
             seconds += plan.solve_seconds
             for i, p in zip(b, session_plans(problem, plan, c, first, slot, [settable[i] for i in b])):
                 plans[i] = p
@@ -154,7 +151,7 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
             "objective_gbp": cost + params.carbon_weight_gbp_per_kg * carbon,
         }
     )
-    return Foresight(plans, summary, frame.index, seconds)
+    return Foresight(plans, summary, seconds)
 
 
 def optimal_policy(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: Signals,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
@@ -95,6 +95,8 @@ class Capabilities:
     amps_step: float = 1.0
     volts: float = 230.0
     phases: int = 1
+    #: the charging current can be set (``min_amps`` and ``max_amps`` are given)
+    can_set_current: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if (self.min_amps is None) != (self.max_amps is None):
@@ -103,10 +105,11 @@ class Capabilities:
             raise ValueError(f"need 0 < min_amps <= max_amps, got {self.min_amps} and {self.max_amps}")
         if self.amps_step <= 0 or self.volts <= 0 or self.phases not in (1, 2, 3):
             raise ValueError("amps_step and volts must be positive and phases 1, 2 or 3")
+        object.__setattr__(self, "can_set_current", self.min_amps is not None)
 
-    @property
-    def can_set_current(self) -> bool:
-        return self.min_amps is not None
+    def without_current(self) -> Capabilities:
+        """The same car, its current no longer settable (the API refused to set it)."""
+        return Capabilities(self.pushes_telemetry, self.needs_wake, self.can_set_charge_limit)
 
     def kw_per_amp(self) -> float:
         return self.volts * self.phases / 1000.0

@@ -543,10 +543,6 @@ class Scenario(_Model):
                 )
         return self
 
-    @property
-    def vehicle_count(self) -> int:
-        return sum(g.count for g in self.fleet)
-
     def control_settings(self) -> ControlSettings:
         """The control path's settings: the ``control`` section, slot length and feeder limit."""
         c = self.control

@@ -410,3 +410,25 @@ def test_unregistering_drops_the_car():
     ctl = make()
     ctl.unregister("car-1")
     assert ctl.step(T0) == [] and "car-1" not in ctl.tracks
+
+
+def test_a_plan_that_ran_out_short_is_planned_again_once():
+    # the fixed plan charges 01:00-05:00 and expects the target; the car is still short at
+    # 05:00 (it started late): one re-plan, and a policy that answers with the same plan is not
+    # asked again at the same instant (which would never let time move on)
+    policy = Fixed()
+    asked = []
+    prepare = policy.prepare
+    policy.prepare = lambda now, tracks, fleet: asked.append(now) or prepare(now, tracks, fleet)
+    ctl = make(policy=policy)
+    stop = one(plugged(ctl, charging=True), StopCharging)
+    ctl.step(T0, [CallSucceeded(stop), Telemetry(reading(T0, charging=False))])
+    assert asked == [T0]
+    end = T0 + timedelta(hours=11)  # 05:00, the plan is over
+    track = ctl.tracks["car-1"]
+    news = reading(end - MIN, soc=0.4, charging=False)  # as estimated: no deviation to re-plan on
+    assert calls(ctl.step(end, [Telemetry(news)])) == []
+    for _ in range(3):
+        assert calls(ctl.step(end)) == []
+    assert asked == [T0, end] and track.short_replanned
+    assert ctl.wake_at is None or ctl.wake_at > end

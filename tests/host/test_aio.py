@@ -14,7 +14,6 @@ import pytest
 from twin.battery import ChargeCurve
 from twin.control import ControllerConfig, ControlSettings, ManagedVehicle, SessionPlan, build_controller
 from twin.control.policies import PlanFollower
-from twin.domain import Preferences
 from twin.host.aio import AsyncClock, AsyncDriver, VirtualTimeLoop
 from twin.oem import Capabilities, VehicleReading
 

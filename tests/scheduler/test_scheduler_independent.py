@@ -1,7 +1,6 @@
 """The independent modulated fast path against the Pyomo reference."""
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -26,7 +26,10 @@ class Budgets:
         self._blocked: dict[str, datetime] = {}
 
     def set_limits(self, oem: str, budgets: tuple[RateBudget, ...]) -> None:
-        self._limits[oem] = tuple(budgets)
+        if budgets:
+            self._limits[oem] = tuple(budgets)
+        else:
+            self._limits.pop(oem, None)
 
     @staticmethod
     def _key(scope: str, vehicle_id: str, account_id: str, oem: str) -> str:
@@ -35,6 +38,8 @@ class Budgets:
 
     def next_call(self, now: datetime, vehicle_id: str, account_id: str, oem: str) -> datetime | None:
         """When a call for this car may go out (None: now)."""
+        if not self._blocked and oem not in self._limits:
+            return None  # the common case: a head without budgets and no 429 in force
         wait: datetime | None = None
         for scope in ("vehicle", "account", "application"):
             until = self._blocked.get(self._key(scope, vehicle_id, account_id, oem))
@@ -54,7 +59,9 @@ class Budgets:
 
     def spend(self, now: datetime, vehicle_id: str, account_id: str, oem: str) -> None:
         """Record a call that went out now."""
-        for b in self._limits.get(oem, ()):
+        if oem not in self._limits:
+            return
+        for b in self._limits[oem]:
             self._calls.setdefault(self._key(b.scope, vehicle_id, account_id, oem), deque()).append(now)
 
     def block(self, scope: str, until: datetime, vehicle_id: str, account_id: str, oem: str) -> None:

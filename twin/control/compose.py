@@ -29,14 +29,18 @@ __all__ = ["build_controller", "SeededIds", "uuid_ids"]
 
 
 class SeededIds:
-    """Action ids for the twin: UUID-shaped, drawn from a seeded generator, so the same run
-    gives the same ids."""
+    """Action ids for the twin: UUID-shaped (version 4), a prefix drawn from ``seed`` and a
+    counter, so the same run gives the same ids. ``issued`` counts the ids handed out."""
 
-    def __init__(self, seed: int | np.random.SeedSequence) -> None:
-        self._rng = np.random.default_rng(seed)
+    def __init__(self, seed: int | np.random.SeedSequence, issued: int = 0) -> None:
+        prefix = uuid.UUID(bytes=np.random.default_rng(seed).bytes(16), version=4).hex[:20]
+        self._prefix = f"{prefix[:8]}-{prefix[8:12]}-{prefix[12:16]}-{prefix[16:20]}-"
+        self.issued = issued
 
     def __call__(self) -> str:
-        return str(uuid.UUID(bytes=self._rng.bytes(16), version=4))
+        # one string format per action: the twin issues hundreds of thousands of them
+        self.issued += 1
+        return f"{self._prefix}{self.issued:012x}"
 
 
 def uuid_ids() -> str:

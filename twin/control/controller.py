@@ -56,6 +56,7 @@ from twin.control.events import (
     PlanRequest, PlansReady, PreferencesChanged, Read, SetChargeLimit, SetChargingCurrent, StartCharging,
     StopCharging, Telemetry, Wake,
 )
+from twin.control.planning import flat_out_plan
 from twin.control.policies import Policy
 from twin.control.track import Link, ManagedVehicle, Session, SessionPlan, VehicleTrack
 from twin.domain import SOC_TOLERANCE, Preferences
@@ -64,17 +65,15 @@ from twin.oem import (
     VehicleReading,
 )
 
-__all__ = ["Controller", "SNAPSHOT_VERSION", "run_plan_request"]
-
-#: format of :meth:`Controller.snapshot`; restore refuses other versions
-SNAPSHOT_VERSION = 1
-
-# A SoC reported more than one 1 % reporting step (plus slack) above the SoC at a stop means the
-# car charged on after it.
-_CHARGED_SINCE_SOC = 0.011
+__all__ = ["Controller"]
 
 #: a rejection that says the car is already where the command wanted it: the command succeeded
 _ALREADY = {"start": "already_charging", "stop": "not_charging"}
+
+
+# the link states, bound once: _decide compares them for every car with news
+_READY, _CALLING, _BACKOFF, _ASLEEP, _REAUTH, _GONE = (Link.READY, Link.CALLING, Link.BACKOFF, Link.ASLEEP,
+                                                       Link.REAUTH, Link.GONE)
 
 
 class _Fleet(Sequence[VehicleTrack]):
@@ -302,25 +301,10 @@ class Controller:
             self._back_off(now, track, action, error)
 
     def _back_off(self, now: datetime, track: VehicleTrack, action: Action, error: Exception) -> None:
-        cfg = self.config
-        if isinstance(error, RateLimited):
-            # the cloud said when: not a failure of the car, so no exponential growth
-            delay = error.retry_after_s
-            if error.scope != "vehicle":
-                self._budgets.block(error.scope, now + timedelta(seconds=delay), track.vehicle_id,
-                                    track.account_id, track.oem)
-        else:
-            track.attempts += 1
-            delay = min(cfg.retry_max_s, cfg.retry_base_s * 2 ** (track.attempts - 1))
-            if track.plugged_in and track.deadline is not None and track.needs_charge(now):
-                # a car running out of time is retried at least every share of its slack
-                hours = track.curve.hours_to(track.soc_estimate(now), track.target)
-                slack_s = (track.deadline - now).total_seconds() - hours * 3600.0
-                delay = min(delay, max(cfg.retry_base_s, cfg.backoff_slack_share * slack_s))
-        track.not_before = now + timedelta(seconds=delay)
-        track.resume = Link.ASLEEP if isinstance(action, Wake) else Link.READY
-        if track.link is not Link.REAUTH:
-            track.link = Link.BACKOFF
+        if isinstance(error, RateLimited) and error.scope != "vehicle":
+            self._budgets.block(error.scope, now + timedelta(seconds=error.retry_after_s), track.vehicle_id,
+                                track.account_id, track.oem)
+        track.back_off(now, self.config, error, isinstance(action, Wake))
         self._at(track.not_before, track.vehicle_id)
 
     def _rejected(self, now: datetime, track: VehicleTrack, action: Action, error: CommandRejected) -> None:
@@ -337,7 +321,7 @@ class Controller:
             track.est_soc = max(track.est_soc or 0.0, track.limit)
             track.charging = False
         elif error.reason == "not_capable" and isinstance(action, SetChargingCurrent):
-            track.caps = _without_current(track.caps)
+            track.caps = track.caps.without_current()
         self._read_at(track, now)
 
     def _gone(self, track: VehicleTrack, why: str) -> None:
@@ -375,12 +359,16 @@ class Controller:
                 self._read_at(t, now)  # whatever happened meanwhile, look first
 
     def _observe(self, now: datetime, reading: VehicleReading) -> None:
-        track = self._track(reading.vehicle_id)
-        if track is None or track.link is Link.GONE:
+        track = self.tracks.get(reading.vehicle_id)
+        if track is None:
+            self.stats["events_dropped"] += 1  # not (or no longer) registered
+            return
+        if track.link is _GONE:
             return
         self._dirty.add(track.vehicle_id)
-        known = [t for t in (track.soc_at, track.est_at) if t is not None]
-        if known and reading.taken_at < max(known):
+        seen = track.soc_at if track.est_at is None or (track.soc_at is not None and track.soc_at > track.est_at) \
+            else track.est_at
+        if seen is not None and reading.taken_at < seen:
             return  # older than what we already know (a cache, or out-of-order delivery)
         if reading.plugged_in and not track.plugged_in:
             self._session_start(track, reading)
@@ -396,14 +384,7 @@ class Controller:
             estimate = track.soc_estimate(reading.taken_at)
             if estimate is not None and abs(reading.soc - estimate) > self.config.replan_soc_deviation:
                 self._to_plan.add(track.vehicle_id)
-        if track.check_at is not None and reading.taken_at >= track.check_at:
-            track.check_at = None
-        track.plugged_in = reading.plugged_in
-        track.charging = reading.charging
-        track.soc_at = reading.taken_at
-        if reading.soc is not None:
-            track.soc = reading.soc
-            track.est_soc, track.est_at = reading.soc, reading.taken_at
+        track.record(reading)
         if not track.caps.pushes_telemetry:
             interval = self.config.plugged_poll_interval_s if track.plugged_in else self.config.poll_interval_s
             self._read_at(track, now + timedelta(seconds=interval))
@@ -413,8 +394,8 @@ class Controller:
         track.expect = None
         if track.caps.pushes_telemetry:
             track.read_due = None
-        charged_since = reading.soc is not None and soc_then is not None and reading.soc > soc_then + _CHARGED_SINCE_SOC
-        if not expected and (reading.charging or charged_since):
+        verdict = track.verdict(reading, expected, soc_then)
+        if verdict == "disobeyed":
             # acknowledged "stop", still charging (or charged on and has since stopped at its limit)
             track.retry_kind = "stop"
             track.disobeyed += 1
@@ -424,20 +405,13 @@ class Controller:
                 self._at(now + timedelta(seconds=self.config.escalate_within_s), track.vehicle_id)
             if track.disobeyed >= self.config.escalate_after:
                 self._escalate(track)
-            return
-        if reading.charging == expected:
+        elif verdict == "obeyed":
             self.stats["commands_verified"] += 1
             track.retry_kind = None
             if not expected:
                 track.disobeyed_at = None
-            return
-        # a reported SoC within one 1 % reporting step of the limit counts as full
-        full = reading.soc is not None and reading.soc >= track.limit - max(SOC_TOLERANCE, _CHARGED_SINCE_SOC)
-        if expected and full:
-            self.stats["commands_verified"] += 1  # it started, then stopped at its limit
-            track.retry_kind = None
-            return
-        track.retry_kind = "start"
+        else:  # a start that did not take
+            track.retry_kind = "start"
 
     def _escalate_if_overdue(self, now: datetime, track: VehicleTrack) -> None:
         """A car that disobeyed a stop and is still not confirmed stopped ``escalate_within_s``
@@ -458,37 +432,16 @@ class Controller:
         self._to_plan.add(track.vehicle_id)
 
     def _session_start(self, track: VehicleTrack, reading: VehicleReading) -> None:
-        track.session = Session.PLUGGED
-        track.session_started = reading.taken_at
-        track.deadline = track.preferences.deadline(reading.taken_at)
-        track.limit = track.preferences.target_soc
-        track.plan = None
-        track.disobeyed = 0
-        track.disobeyed_at = None
-        track.notified = None
-        track.expect = None
+        track.start_session(reading.taken_at)
         self._plugged.add(track.vehicle_id)
         self._to_plan.add(track.vehicle_id)
-        track.retry_kind = None
-        track.check_at = None
 
     def _session_end(self, track: VehicleTrack) -> None:
         if track.expect is not None:
             self.stats["commands_unverified"] += 1
-        track.session = Session.UNPLUGGED
-        track.session_started = None
-        track.deadline = None
-        track.plan = None
-        track.expect = None
-        track.awaiting_plan = None
-        track.read_due = None if track.caps.pushes_telemetry else track.read_due
-        track.check_at = None
+        track.end_session()
         self._plugged.discard(track.vehicle_id)
         self._to_plan.discard(track.vehicle_id)
-        if track.preferences.ready_by_at is not None:
-            # the one-off ready-by applied to the session that just ended
-            p = track.preferences
-            track.preferences = Preferences(p.ready_by, p.target_soc, p.min_soc)
 
     # -- planning -----------------------------------------------------------------------------
 
@@ -510,7 +463,7 @@ class Controller:
                 for vid in request.vehicle_ids:
                     self.tracks[vid].awaiting_plan = request.id
                 if self.inline_planning:
-                    done = self._apply_plans(now, run_plan_request(request))
+                    done = self._apply_plans(now, request.run())
                     self._settle(now, {*todo, *done})
                 else:
                     self._settle(now, [t for t in todo if t.awaiting_plan != request.id])
@@ -539,13 +492,15 @@ class Controller:
             for t in waiting:
                 if t.session is not Session.UNPLUGGED:
                     if t.plan is None:
-                        t.plan = _flat_out(now, t)
+                        t.plan = flat_out_plan(now, t)
                     self._to_plan.add(t.vehicle_id)
                     self._at(self._plan_not_before, t.vehicle_id)
             return waiting
         for t in waiting:
             vid = t.vehicle_id
             if vid in event.plans and t.session is not Session.UNPLUGGED and t.session_started == sessions[vid]:
+                if event.plans[vid] != t.plan:
+                    t.short_replanned = False  # a new plan may run short again
                 t.plan = event.plans[vid]
                 self.stats["replans"] += 1
         return waiting
@@ -591,14 +546,15 @@ class Controller:
 
     def _decide(self, now: datetime, track: VehicleTrack) -> Action | None:
         link = track.link
-        if link is Link.CALLING or link is Link.REAUTH or link is Link.GONE:
-            return None
-        if link is Link.BACKOFF:
-            if now < track.not_before:
+        if link is not _READY:
+            if link is _CALLING or link is _REAUTH or link is _GONE:
                 return None
-            track.link = link = track.resume
-        if link is Link.ASLEEP:
-            return self._issue(now, track, Wake)
+            if link is _BACKOFF:
+                if now < track.not_before:
+                    return None
+                track.link = link = track.resume
+            if link is _ASLEEP:
+                return self._issue(now, track, Wake)
         if track.soc_at is None or (track.read_due is not None and now >= track.read_due):
             return self._issue(now, track, Read)
         if track.check_at is not None and now >= track.check_at:
@@ -608,8 +564,10 @@ class Controller:
         plan = track.plan
         if plan is not None:
             self._follow(now, track)
-            if self._ran_short(now, track, plan):
-                # the plan is over but the car is short of what it promised: plan the rest
+            if not track.short_replanned and self._ran_short(now, track, plan):
+                # the plan is over but the car is short of what it promised: plan the rest, once
+                # (a policy whose new plan is the same, like the optimal replay, is not asked again)
+                track.short_replanned = True
                 self._to_plan.add(track.vehicle_id)
                 self._at(now, track.vehicle_id)
                 return None
@@ -623,7 +581,7 @@ class Controller:
             track.anchor(now)
             track.charging = False
         want = self.policy.wants_kw(now, track)
-        amps = self._amps(track, want)
+        amps = self._amps(track, want) if track.caps.can_set_current else None
         if amps == 0.0:
             want = 0.0
         if want > 0 and amps is not None and amps != track.amps:
@@ -638,9 +596,9 @@ class Controller:
     def _ran_short(now: datetime, track: VehicleTrack, plan: SessionPlan) -> bool:
         """No more charging in the plan, which expected the target, yet the car is below it
         with time left: rounding, a slow start or a taper cost energy the plan counted on."""
-        return (track.session is Session.PLUGGED and track.deadline is not None and now < track.deadline
-                and plan.expected_soc >= track.target - SOC_TOLERANCE and not plan.on_at(now)
-                and plan.next_change(now) is None and track.needs_charge(now))
+        return (plan.over(now) and track.session is Session.PLUGGED and track.deadline is not None
+                and now < track.deadline and plan.expected_soc >= track.target - SOC_TOLERANCE
+                and track.needs_charge(now))
 
     @staticmethod
     def _amps(track: VehicleTrack, want_kw: float) -> float | None:
@@ -689,104 +647,18 @@ class Controller:
         self._seq += 1
         heapq.heappush(self._timers, (when, self._seq, vehicle_id))
 
-    # -- snapshot -----------------------------------------------------------------------------
+    # -- snapshot (twin.control.snapshot) -----------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The controller's whole state as plain JSON-serialisable data.
+        """The controller's whole state as plain JSON-serialisable data (:func:`twin.control.
+        snapshot.take`)."""
+        from twin.control.snapshot import take
 
-        Holds every car's track (session, plan, pending call, back-off, verification, escalation),
-        the timers, the cars waiting to be planned, the call budgets, the counters and the
-        policy's state (e.g. the smart policy's forecasts). Cars waiting for a plan from a
-        request in flight are recorded as waiting to be planned.
-        """
-        waiting = {vid for vid, t in self.tracks.items() if t.awaiting_plan is not None}
-        return {
-            "version": SNAPSHOT_VERSION,
-            "policy": self.policy.name,
-            "policy_state": self.policy.snapshot(),
-            "tracks": {vid: t.to_json() for vid, t in sorted(self.tracks.items())},
-            "timers": [[when.isoformat(), seq, vid] for when, seq, vid in sorted(self._timers)],
-            "seq": self._seq,
-            "dirty": sorted(self._dirty),
-            "plugged": sorted(self._plugged),
-            "to_plan": sorted(self._to_plan | waiting),
-            "replan_all": self._replan_all,
-            "plan_not_before": None if self._plan_not_before is None else self._plan_not_before.isoformat(),
-            "escalations": list(self._escalations),
-            "revoked": sorted(self._revoked),
-            "budgets": self._budgets.to_json(),
-            "stats": dict(self.stats),
-        }
+        return take(self)
 
     @classmethod
-    def restore(cls, snapshot: Mapping[str, Any], *, policy: Policy, vehicles: Iterable[ManagedVehicle],
-                new_id: Callable[[], str], config: ControllerConfig | None = None,
-                rate_limits: Mapping[str, tuple[RateBudget, ...]] | None = None,
-                resend_pending: bool = True) -> Controller:
-        """A controller in the state ``snapshot`` recorded.
+    def restore(cls, snapshot: Mapping[str, Any], **kwargs: Any) -> Controller:
+        """A controller in the state ``snapshot`` recorded (:func:`twin.control.snapshot.restore`)."""
+        from twin.control.snapshot import restore
 
-        ``vehicles`` are the registrations (curves and capabilities are not part of a snapshot)
-        and must be the snapshot's cars. With ``resend_pending`` the calls that were in flight
-        are sent again first, with their original ids as idempotency keys (a restart lost their
-        outcomes); without it the host will still deliver those outcomes (the same host kept
-        running, e.g. in the twin).
-        """
-        if snapshot.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
-        if snapshot.get("policy") != policy.name:
-            raise ValueError(f"snapshot is of a '{snapshot.get('policy')}' controller, not '{policy.name}'")
-        ctl = cls(policy, config, new_id=new_id)
-        for oem, budgets in (rate_limits or {}).items():
-            ctl.set_rate_limits(oem, budgets)
-        states = snapshot["tracks"]
-        registered = {v.vehicle_id: v for v in vehicles}
-        if set(registered) != set(states):
-            missing, extra = sorted(set(states) - set(registered)), sorted(set(registered) - set(states))
-            raise ValueError(f"snapshot cars differ from the registrations: not registered {missing[:5]}, "
-                             f"not in the snapshot {extra[:5]}")
-        for vid in sorted(states):
-            ctl.register(registered[vid], Preferences())
-            track = ctl.tracks[vid]
-            track.load_json(states[vid])
-            track.awaiting_plan = None
-            if track.pending is not None and resend_pending:
-                ctl._resend.append(track.pending)
-        ctl._timers = [(datetime.fromisoformat(w), s, v) for w, s, v in snapshot["timers"]]
-        heapq.heapify(ctl._timers)
-        ctl._seq = snapshot["seq"]
-        ctl._dirty = set(snapshot["dirty"])
-        ctl._plugged = set(snapshot["plugged"])
-        ctl._to_plan = set(snapshot["to_plan"])
-        ctl._replan_all = snapshot["replan_all"]
-        nb = snapshot["plan_not_before"]
-        ctl._plan_not_before = None if nb is None else datetime.fromisoformat(nb)
-        ctl._escalations = list(snapshot["escalations"])
-        ctl._revoked = set(snapshot["revoked"])
-        ctl._budgets.load_json(snapshot["budgets"])
-        ctl.stats.update(snapshot["stats"])
-        policy.restore(snapshot["policy_state"])
-        return ctl
-
-
-def run_plan_request(request: PlanRequest) -> PlansReady:
-    """Run a planning job and wrap its outcome (a failure becomes an error message, never an
-    exception: a solver failure must not stop the loop)."""
-    try:
-        return PlansReady(request.id, request.job.run())
-    except Exception as exc:  # noqa: BLE001 - reported to the controller, which falls back
-        return PlansReady(request.id, {}, error=f"{type(exc).__name__}: {exc}")
-
-
-def _flat_out(now: datetime, track: VehicleTrack) -> SessionPlan | None:
-    """The plan of a car whose planning failed: charge until the deadline, as uncontrolled."""
-    if track.deadline is None or track.deadline <= now:
-        return None
-    hours = (track.deadline - now).total_seconds() / 3600.0
-    soc = min(track.target, track.curve.soc_after(track.soc_estimate(now) or 0.0, hours))
-    return SessionPlan(now, track.deadline - now, (track.curve.max_kw,), soc)
-
-
-def _without_current(caps):
-    from dataclasses import replace
-
-    return replace(caps, min_amps=None, max_amps=None)
+        return restore(cls, snapshot, **kwargs)

@@ -193,6 +193,14 @@ class PlanRequest:
     def describe(self) -> str:
         return f"plan {len(self.vehicle_ids)} cars"
 
+    def run(self) -> PlansReady:
+        """Run the job and wrap its outcome: a failure becomes an error message, never an
+        exception, because a solver failure must not stop the loop (the controller falls back)."""
+        try:
+            return PlansReady(self.id, self.job.run())
+        except Exception as exc:  # noqa: BLE001 - reported to the controller
+            return PlansReady(self.id, {}, error=f"{type(exc).__name__}: {exc}")
+
 
 # --------------------------------------------------------------------------------------------
 # Events (host -> controller)

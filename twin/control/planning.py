@@ -17,7 +17,7 @@ import numpy as np
 
 from twin.battery import ChargeCurve
 from twin.control.config import ControlParams
-from twin.control.track import SessionPlan
+from twin.control.track import SessionPlan, VehicleTrack
 from twin.domain import SOC_TOLERANCE
 from twin.oem import Capabilities
 
@@ -26,8 +26,23 @@ if TYPE_CHECKING:  # the scheduler (Pyomo, HiGHS, OR-Tools) loads only when a po
 
 __all__ = [
     "BLOCKED_PRICE_GBP_PER_KWH", "block_full_slots", "expected_kw", "least_slack_order", "session_problem",
-    "session_plans", "feeder_room", "settable_levels",
+    "session_plans", "feeder_room", "settable_levels", "flat_out_plan", "scheduler",
 ]
+
+_SCHEDULER = None
+
+
+def scheduler():
+    """The :mod:`twin.scheduler` package, imported on first use: it pulls in Pyomo, HiGHS and
+    OR-Tools, which an uncontrolled run never needs. Cached here because an import statement
+    inside a function costs microseconds on every call, and planning runs thousands of times."""
+    global _SCHEDULER
+    if _SCHEDULER is None:
+        import twin.scheduler
+
+        _SCHEDULER = twin.scheduler
+    return _SCHEDULER
+
 
 # A slot the feeder cannot take the car in is priced out of the plan. The price must beat the
 # scheduler's shortfall penalty (100 GBP/kWh by default): missing the target is better than
@@ -44,9 +59,7 @@ def session_problem(
     ``curves`` give each car's battery, power limits, efficiency and taper; ``modulated`` (per car
     or for all) chooses continuous power over on/off control; ``price`` may be (T,) or (N, T).
     """
-    from twin.scheduler import FleetProblem
-
-    return FleetProblem(
+    return scheduler().FleetProblem(
         slot_hours=slot_hours,
         battery_kwh=[c.battery_kwh for c in curves],
         soc0=soc0,
@@ -63,7 +76,7 @@ def session_problem(
         carbon_g_per_kwh=carbon,
         carbon_weight_gbp_per_kg=params.carbon_weight_gbp_per_kg,
         feeder_kw=feeder_kw,
-        mode=np.where(np.broadcast_to(modulated, (len(curves),)), "modulated", "onoff").tolist(),
+        mode=_modes(modulated, len(curves)),
         start_penalty_gbp=params.start_penalty_gbp,
         min_run_slots=params.min_run_slots,
         vehicle_ids=vehicle_ids,
@@ -76,6 +89,16 @@ def settable_levels(caps: Capabilities, max_kw: float) -> np.ndarray:
     amps = np.arange(caps.min_amps, caps.max_amps + 1e-9, caps.amps_step)
     kw = amps * caps.kw_per_amp()
     return np.append(kw[kw < max_kw - 1e-9], max_kw)
+
+
+def _modes(modulated, n: int):
+    """The scheduler's ``mode``: one string when every car is alike (its fast validation path)."""
+    flags = [bool(modulated)] * n if np.ndim(modulated) == 0 else [bool(m) for m in modulated]
+    if not any(flags):
+        return "onoff"
+    if all(flags):
+        return "modulated"
+    return ["modulated" if m else "onoff" for m in flags]
 
 
 def session_plans(problem: FleetProblem, plan: Plan, curves: Sequence[ChargeCurve], first: datetime,
@@ -92,10 +115,10 @@ def session_plans(problem: FleetProblem, plan: Plan, curves: Sequence[ChargeCurv
     out = []
     modulated = ~problem.is_onoff
     energy = plan.energy_kwh
-    avail = problem.availability
     on = plan.on if plan.on is not None else energy > 0
     for i, curve in enumerate(curves):
         if modulated[i]:
+            avail = problem.availability
             with np.errstate(divide="ignore", invalid="ignore"):
                 kw = np.where(energy[i] > 0, energy[i] / (problem.slot_hours * avail[i]), 0.0)
             kw = np.minimum(kw, curve.max_kw)
@@ -180,11 +203,21 @@ def expected_kw(curve: ChargeCurve, soc: float, limit: float, levels_kw: Sequenc
     """
     out = np.zeros(len(levels_kw))
     kwh_per_soc = curve.battery_kwh / curve.efficiency
+    full = curve.max_kw
     for i, (level, hours) in enumerate(zip(levels_kw, available_h)):
         if soc >= limit - SOC_TOLERANCE:
             break
         if level > 0 and hours > 0:
-            after = min(limit, curve.capped(level).soc_after(soc, hours))
+            after = min(limit, (curve if level >= full else curve.capped(level)).soc_after(soc, hours))
             out[i] = (after - soc) * kwh_per_soc / slot_h
             soc = after
     return out
+
+
+def flat_out_plan(now: datetime, track: VehicleTrack) -> SessionPlan | None:
+    """The plan of a car whose planning failed: charge until the deadline, as uncontrolled."""
+    if track.deadline is None or track.deadline <= now:
+        return None
+    hours = (track.deadline - now).total_seconds() / 3600.0
+    soc = min(track.target, track.curve.soc_after(track.soc_estimate(now) or 0.0, hours))
+    return SessionPlan(now, track.deadline - now, (track.curve.max_kw,), soc)

@@ -42,7 +42,7 @@ from twin.battery import ChargeCurve
 from twin.control.config import ControlParams, ControlSettings
 from twin.control.events import ForecastUpdated, PlanJob
 from twin.control.planning import (
-    expected_kw, feeder_room, least_slack_order, session_plans, session_problem, settable_levels,
+    expected_kw, feeder_room, least_slack_order, scheduler, session_plans, session_problem, settable_levels,
 )
 from twin.control.track import SessionPlan, VehicleTrack
 from twin.domain import SOC_TOLERANCE
@@ -130,6 +130,8 @@ class PriceBook:
         self.slot_s = slot_minutes * 60
         self._price: dict[int, float] = {}
         self._carbon: dict[int, float] = {}
+        #: series already looked up since the last update (cars plugging in within a slot share them)
+        self._seen: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def update(self, frame: pd.DataFrame) -> None:
         """Take the known (non-NaN) values of a forecast frame (see ``ForecastUpdated``)."""
@@ -137,16 +139,27 @@ class PriceBook:
         for table, column in ((self._price, "price_gbp_per_kwh"), (self._carbon, "carbon_g_per_kwh")):
             values = frame[column].to_numpy().tolist()
             table.update((k, v) for k, v in zip(keys, values) if v == v)
+        self._seen.clear()
 
     def series(self, first: datetime, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Expected price (GBP/kWh) and carbon (gCO2/kWh) for ``count`` slots from ``first``."""
+        """Expected price (GBP/kWh) and carbon (gCO2/kWh) for ``count`` slots from ``first``
+        (read-only arrays)."""
         k0 = int((first - _EPOCH).total_seconds())
+        seen = self._seen.get((k0, count))
+        if seen is not None:
+            return seen
         keys = [k0 + i * self.slot_s for i in range(count)]
-        return self._lookup(self._price, keys), self._lookup(self._carbon, keys)
+        out = self._lookup(self._price, keys), self._lookup(self._carbon, keys)
+        for a in out:
+            a.setflags(write=False)
+        if len(self._seen) > 1024:
+            self._seen.clear()
+        self._seen[(k0, count)] = out
+        return out
 
     def _lookup(self, table: dict[int, float], keys: list[int]) -> np.ndarray:
         out = np.empty(len(keys))
-        fallback = float(np.mean(list(table.values()))) if table else 0.0
+        fallback = None
         for i, k in enumerate(keys):
             value = table.get(k)
             if value is None:
@@ -154,7 +167,11 @@ class PriceBook:
                     value = table.get(k - days * 86400)
                     if value is not None:
                         break
-            out[i] = fallback if value is None else value
+            if value is None:
+                if fallback is None:  # nothing published for this slot or a day or a week before
+                    fallback = float(np.mean(list(table.values()))) if table else 0.0
+                value = fallback
+            out[i] = value
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +180,7 @@ class PriceBook:
     def load_json(self, data: Mapping[str, Any]) -> None:
         self._price = {int(k): float(v) for k, v in data["price"]}
         self._carbon = {int(k): float(v) for k, v in data["carbon"]}
+        self._seen.clear()
 
 
 class PlanFollower:
@@ -320,9 +338,7 @@ class _SmartJob:
             price=price, carbon=carbon, params=self.params, modulated=[v.modulated for v in views],
             feeder_kw=feeder, vehicle_ids=[v.vehicle_id for v in views],
         )
-        from twin.scheduler import solve
-
-        solved = session_plans(problem, solve(problem), curves, first, slot, [v.settable for v in views])
+        solved = session_plans(problem, scheduler().solve(problem), curves, first, slot, [v.settable for v in views])
         return {v.vehicle_id: p for v, p in zip(views, solved)}
 
 

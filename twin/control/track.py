@@ -40,17 +40,23 @@ ESCALATED              start if the policy wants charge; never stop
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from bisect import bisect_right
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import Enum
 from typing import Any
 
 from twin.battery import ChargeCurve
+from twin.control.config import ControllerConfig
 from twin.control.events import Action, action_from_json
 from twin.domain import SOC_TOLERANCE, Preferences
-from twin.oem import Capabilities
+from twin.oem import Capabilities, RateLimited, VehicleReading
 
-__all__ = ["Link", "Session", "SessionPlan", "ManagedVehicle", "VehicleTrack"]
+__all__ = ["Link", "Session", "SessionPlan", "ManagedVehicle", "VehicleTrack", "CHARGED_SINCE_SOC"]
+
+# A SoC reported more than one 1 % reporting step (plus slack) above the SoC at a stop means the
+# car charged on after it.
+CHARGED_SINCE_SOC = 0.011
 
 
 class Session(Enum):
@@ -90,13 +96,33 @@ class SessionPlan:
     levels_kw: tuple[float, ...]
     expected_soc: float
     modulated: bool = False
+    # derived once: the controller asks a plan about "now" several times per decision
+    _changes: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _at: tuple[datetime | None, int] = field(init=False, repr=False, compare=False)
+    last_on: int = field(init=False, repr=False, compare=False)
+    """Index of the last slot with a positive level (-1 if none)."""
+
+    def __post_init__(self) -> None:
+        levels = self.levels_kw
+        # slots whose level differs from the one before (slot 0: from "before the plan", 0 kW)
+        changes = tuple(j for j in range(len(levels)) if levels[j] != (levels[j - 1] if j else 0.0))
+        last = max((j for j in range(len(levels)) if levels[j] > 0.0), default=-1)
+        object.__setattr__(self, "_changes", changes)
+        object.__setattr__(self, "last_on", last)
+        object.__setattr__(self, "_at", (None, 0))
 
     @property
     def end(self) -> datetime:
         return self.first + len(self.levels_kw) * self.slot
 
     def _index(self, now: datetime) -> int:
-        return (now - self.first) // self.slot
+        # one decision asks about the same instant several times: remember the last answer
+        at = self._at
+        if at[0] is now:
+            return at[1]
+        i = (now - self.first) // self.slot
+        object.__setattr__(self, "_at", (now, i))
+        return i
 
     def level_at(self, now: datetime) -> float:
         """Planned grid kW at ``now`` (0 outside the plan)."""
@@ -106,15 +132,18 @@ class SessionPlan:
     def on_at(self, now: datetime) -> bool:
         return self.level_at(now) > 0.0
 
+    def over(self, now: datetime) -> bool:
+        """No charging left in the plan at or after ``now``."""
+        return self._index(now) > self.last_on
+
     def next_change(self, now: datetime) -> datetime | None:
         """The next slot boundary after ``now`` where the planned level changes."""
-        levels = self.levels_kw
         i = self._index(now)
-        current = levels[i] if 0 <= i < len(levels) else 0.0
-        for j in range(max(i + 1, 0), len(levels)):
-            if levels[j] != current:
-                return self.first + j * self.slot
-        return self.end if current > 0.0 and now < self.end else None
+        k = bisect_right(self._changes, i)
+        if k < len(self._changes):
+            return self.first + self._changes[k] * self.slot
+        # no change left: the plan ends charging at its end, or is off for good
+        return self.end if 0 <= i <= self.last_on else None
 
     def on_since(self, now: datetime) -> datetime | None:
         """Start of the run of charging slots that contains ``now`` (None if off now)."""
@@ -183,7 +212,7 @@ class VehicleTrack:
         "est_soc", "est_at", "limit", "cap_kw", "amps", "active",
         # session
         "session", "session_started", "deadline", "plan", "disobeyed", "disobeyed_at", "notified",
-        "awaiting_plan",
+        "awaiting_plan", "short_replanned",
         # link
         "link", "resume", "pending", "attempts", "not_before",
         # timers and verification
@@ -224,6 +253,8 @@ class VehicleTrack:
         self.notified: tuple[datetime | None, float] | None = None
         #: id of the plan request whose answer this car waits for
         self.awaiting_plan: str | None = None
+        #: the plan ran out short of its target and was planned again (once per plan)
+        self.short_replanned = False
         self.link = Link.READY
         #: the link state a back-off returns to
         self.resume = Link.READY
@@ -278,6 +309,79 @@ class VehicleTrack:
         """Move the estimate's anchor to ``now`` (before what the car does changes)."""
         self.est_soc = self.soc_estimate(now)
         self.est_at = now
+
+    def start_session(self, plugged_at: datetime) -> None:
+        """A reading showed the car newly plugged in at ``plugged_at``."""
+        self.session = Session.PLUGGED
+        self.session_started = plugged_at
+        self.deadline = self.preferences.deadline(plugged_at)
+        self.limit = self.preferences.target_soc
+        self.plan = None
+        self.short_replanned = False
+        self.disobeyed = 0
+        self.disobeyed_at = None
+        self.notified = None
+        self.expect = None
+        self.retry_kind = None
+        self.check_at = None
+
+    def end_session(self) -> None:
+        """A reading showed the car unplugged."""
+        self.session = Session.UNPLUGGED
+        self.session_started = None
+        self.deadline = None
+        self.plan = None
+        self.expect = None
+        self.awaiting_plan = None
+        if self.caps.pushes_telemetry:
+            self.read_due = None
+        self.check_at = None
+        if self.preferences.ready_by_at is not None:
+            # the one-off ready-by applied to the session that just ended
+            p = self.preferences
+            self.preferences = Preferences(p.ready_by, p.target_soc, p.min_soc)
+
+    def record(self, reading: VehicleReading) -> None:
+        """Take what a reading (no older than what is known) says the car is doing."""
+        if self.check_at is not None and reading.taken_at >= self.check_at:
+            self.check_at = None
+        self.plugged_in = reading.plugged_in
+        self.charging = reading.charging
+        self.soc_at = reading.taken_at
+        if reading.soc is not None:
+            self.soc = reading.soc
+            self.est_soc, self.est_at = reading.soc, reading.taken_at
+
+    def verdict(self, reading: VehicleReading, expected: bool, soc_then: float | None) -> str:
+        """Judge an acknowledged start (``expected``) or stop by a reading taken after it:
+        ``obeyed``, ``disobeyed`` (a stop, yet it charges or has charged on) or ``not_started``."""
+        charged_since = reading.soc is not None and soc_then is not None and reading.soc > soc_then + CHARGED_SINCE_SOC
+        if not expected and (reading.charging or charged_since):
+            return "disobeyed"
+        if reading.charging == expected:
+            return "obeyed"
+        # a reported SoC within one 1 % reporting step of the limit counts as full
+        full = reading.soc is not None and reading.soc >= self.limit - max(SOC_TOLERANCE, CHARGED_SINCE_SOC)
+        return "obeyed" if expected and full else "not_started"  # a start that ended at the limit
+
+    def back_off(self, now: datetime, config: ControllerConfig, error: Exception, waking: bool) -> None:
+        """CALLING -> BACKOFF after a failed call: retry after Retry-After for a 429, otherwise
+        after exponential back-off, but never later than a share of the car's slack allows."""
+        if isinstance(error, RateLimited):
+            # the cloud said when: not a failure of the car, so no exponential growth
+            delay = error.retry_after_s
+        else:
+            self.attempts += 1
+            delay = min(config.retry_max_s, config.retry_base_s * 2 ** (self.attempts - 1))
+            if self.plugged_in and self.deadline is not None and self.needs_charge(now):
+                # a car running out of time is retried at least every share of its slack
+                hours = self.curve.hours_to(self.soc_estimate(now), self.target)
+                slack_s = (self.deadline - now).total_seconds() - hours * 3600.0
+                delay = min(delay, max(config.retry_base_s, config.backoff_slack_share * slack_s))
+        self.not_before = now + timedelta(seconds=delay)
+        self.resume = Link.ASLEEP if waking else Link.READY
+        if self.link is not Link.REAUTH:
+            self.link = Link.BACKOFF
 
     def set_cap(self, amps: float | None) -> None:
         """The charging current the car was told (None: as the car likes)."""

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from twin.control.controller import Controller, run_plan_request
+from twin.control.controller import Controller
 from twin.control.events import Action, CallFailed, CallSucceeded, Event, PlanRequest, Telemetry
 from twin.oem import OEMAdapter, OEMError, TransientUpstream, VehicleReading
 
@@ -58,7 +58,6 @@ class Host:
         self.sink = sink if sink is not None else logging_sink()
         self.on_notify = on_notify
         self.inbox: list[Event] = []
-        self.steps = 0
         for adapter in {id(a): a for a in adapters.values()}.values():
             adapter.subscribe(self._on_push)
 
@@ -80,7 +79,7 @@ class Host:
 
     def _start_plan(self, request: PlanRequest) -> None:
         """Run a planning job and deliver its :class:`PlansReady` (inline by default)."""
-        self.deliver(run_plan_request(request))
+        self.deliver(request.run())
 
     # -- shared -------------------------------------------------------------------------------
 
@@ -95,17 +94,16 @@ class Host:
 
     def _step(self) -> None:
         events, self.inbox = self.inbox, []
-        self.steps += 1
         for action in self.controller.step(self._now(), events):
-            if isinstance(action, PlanRequest):
+            if action.is_call:
+                self.sink((self._seconds(), action.vehicle_id, "command", action.describe()))
+                self._start_call(action)
+            elif isinstance(action, PlanRequest):
                 self._start_plan(action)
-            elif not action.is_call:
+            else:
                 self.sink((self._seconds(), action.vehicle_id, "notification", action.describe()))
                 if self.on_notify is not None:
                     self.on_notify(action)
-            else:
-                self.sink((self._seconds(), action.vehicle_id, "command", action.describe()))
-                self._start_call(action)
 
     def _invoke(self, action: Action):
         """The adapter coroutine that performs ``action`` (raises what creating it raises)."""

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Literal
 
-from twin.control.controller import Controller, run_plan_request
+from twin.control.controller import Controller
 from twin.control.events import Action, PlanRequest
 from twin.host import Host, LogRow
 from twin.oem import CallTimeout, OEMAdapter
@@ -188,5 +188,5 @@ class AsyncDriver(Host):
             super()._start_plan(request)
             return
         self.sink((self._seconds(), "", "plan", request.describe()))
-        future = asyncio.get_running_loop().run_in_executor(self._planner, run_plan_request, request)
+        future = asyncio.get_running_loop().run_in_executor(self._planner, request.run)
         future.add_done_callback(lambda f: None if f.cancelled() else self.deliver(f.result()))

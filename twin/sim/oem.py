@@ -138,6 +138,11 @@ class SimulatedOEM:
             self.tokens = AccountTokens(MemoryTokenStore(), self._refresh, clock)
             for account in sorted({c.account for c in self._cloud.values()}):
                 self.tokens.store.put(account, self._issue(account, 0.0))
+        cc = profile.current_control
+        current = {} if cc is None else {"min_amps": cc.min_amps, "max_amps": cc.max_amps,
+                                          "amps_step": cc.step_amps, "volts": cc.volts, "phases": cc.phases}
+        self._caps = Capabilities(pushes_telemetry=profile.push, needs_wake=profile.sleep_after_s is not None,
+                                  can_set_charge_limit=profile.charge_limit_control, **current)
         world.listeners.append(self._on_plug_change)
         #: calls that reached the cloud, by outcome (for KPIs)
         self.stats = {"calls": 0, "failed": 0, "rate_limited": 0, "asleep": 0, "auth_expired": 0,
@@ -160,11 +165,7 @@ class SimulatedOEM:
 
     def capabilities(self, vehicle_id: str) -> Capabilities:
         self._lookup(vehicle_id)
-        p, cc = self.profile, self.profile.current_control
-        current = {} if cc is None else {"min_amps": cc.min_amps, "max_amps": cc.max_amps,
-                                          "amps_step": cc.step_amps, "volts": cc.volts, "phases": cc.phases}
-        return Capabilities(pushes_telemetry=p.push, needs_wake=p.sleep_after_s is not None,
-                            can_set_charge_limit=p.charge_limit_control, **current)
+        return self._caps  # every car of a profile can do the same
 
     def account_of(self, vehicle_id: str) -> str:
         return self._lookup(vehicle_id)[1].account
@@ -180,9 +181,10 @@ class SimulatedOEM:
 
     async def read(self, vehicle_id: str) -> VehicleReading:
         car, cloud = self._lookup(vehicle_id)
-        token = await self._token(cloud, vehicle_id)
-        await self._latency(self.profile.read_latency)
-        t = await self._gate(car, cloud, token)
+        if self.tokens is None and not self.profile.read_latency.median_s:
+            t = self._check(car, cloud, None)  # the instant cloud: no need to suspend
+        else:
+            t = await self._arrive(car, cloud, self.profile.read_latency)
         cached = cloud.cache
         if cached is not None and t - self._seconds(cached) <= self.profile.reading_max_age_s:
             return cached
@@ -190,81 +192,63 @@ class SimulatedOEM:
         return self._fresh(car, cloud, t)
 
     async def start_charging(self, vehicle_id: str, *, key: str) -> None:
-        car, cloud = self._lookup(vehicle_id)
-        if self._duplicate(key):
-            return
-        token = await self._token(cloud, vehicle_id)
-        await self._latency(self.profile.command_latency)
-        t = await self._gate(car, cloud, token)
-        self._require_awake(car, cloud, t)
-        was = car.charging
-        self._rejecting(self._world.start, car, t)
-        self._ack(key)
-        if car.charging != was:
-            self._push(car, t)
+        await self._command(vehicle_id, key, lambda car, cloud, t: self._rejecting(self._world.start, car, t))
 
     async def stop_charging(self, vehicle_id: str, *, key: str) -> None:
-        car, cloud = self._lookup(vehicle_id)
-        if self._duplicate(key):
-            return
-        token = await self._token(cloud, vehicle_id)
-        await self._latency(self.profile.command_latency)
-        t = await self._gate(car, cloud, token)
-        self._require_awake(car, cloud, t)
-        self._world.advance(car, t)
-        if car.charging and (cloud.ignores_stop or self._draw(self.profile.ignore_stop_probability)):
-            # acknowledged, not obeyed: the API says success and the car keeps charging
-            self.stats["stops_ignored"] += 1
-            self._world.log.append((t, car.vehicle_id, "fault", "stop ignored"))
-            self._ack(key)
-            return
-        was = car.charging
-        self._rejecting(self._world.stop, car, t)
-        self._ack(key)
-        if car.charging != was:
-            self._push(car, t)
+        await self._command(vehicle_id, key, self._stop)
 
     async def set_charging_current(self, vehicle_id: str, amps: float, *, key: str) -> None:
-        car, cloud = self._lookup(vehicle_id)
         caps = self.capabilities(vehicle_id)
         if not caps.can_set_current:
             raise CommandRejected(vehicle_id, "not_capable")
         if not caps.min_amps <= amps <= caps.max_amps:
             raise CommandRejected(vehicle_id, "out_of_range")
-        if self._duplicate(key):
-            return
-        token = await self._token(cloud, vehicle_id)
-        await self._latency(self.profile.command_latency)
-        t = await self._gate(car, cloud, token)
-        self._require_awake(car, cloud, t)
-        self._world.set_power_cap(car, t, amps * caps.kw_per_amp())
-        self._ack(key)
+        kw = amps * caps.kw_per_amp()
+        await self._command(vehicle_id, key, lambda car, cloud, t: self._world.set_power_cap(car, t, kw))
 
     async def set_charge_limit(self, vehicle_id: str, soc: float, *, key: str) -> None:
-        car, cloud = self._lookup(vehicle_id)
+        self._lookup(vehicle_id)
         if not self.profile.charge_limit_control:
             raise CommandRejected(vehicle_id, "not_capable")
         if not 0.5 <= soc <= 1.0:  # Smartcar accepts 0.5 ..1, Tesla charge_limit_soc_min..max
             raise CommandRejected(vehicle_id, "out_of_range")
+        await self._command(vehicle_id, key, lambda car, cloud, t: self._world.set_limit(car, t, soc))
+
+    async def wake(self, vehicle_id: str) -> None:
+        car, cloud = self._lookup(vehicle_id)
+        t = await self._arrive(car, cloud, self.profile.wake_latency)
+        self.stats["wakes"] += 1
+        self._keep_awake(cloud, t)
+
+    async def _arrive(self, car: Car, cloud: _Cloud, latency: Latency) -> float:
+        """The way of every call: an access token (refreshed if due), the latency, the cloud's
+        checks. Returns when the call reached the car (s)."""
+        token = None if self.tokens is None else await self.tokens.access_token(cloud.account, car.vehicle_id)
+        await self._latency(latency)
+        return self._check(car, cloud, token) if token is None else await self._gate(car, cloud, token)
+
+    async def _command(self, vehicle_id: str, key: str, act: Callable[[Car, _Cloud, float], None]) -> None:
+        """A command: sent once per key, carried out by ``act`` on an awake car; a change of the
+        charging state is pushed."""
+        car, cloud = self._lookup(vehicle_id)
         if self._duplicate(key):
             return
-        token = await self._token(cloud, vehicle_id)
-        await self._latency(self.profile.command_latency)
-        t = await self._gate(car, cloud, token)
+        t = await self._arrive(car, cloud, self.profile.command_latency)
         self._require_awake(car, cloud, t)
         was = car.charging
-        self._world.set_limit(car, t, soc)
+        act(car, cloud, t)
         self._ack(key)
         if car.charging != was:
             self._push(car, t)
 
-    async def wake(self, vehicle_id: str) -> None:
-        car, cloud = self._lookup(vehicle_id)
-        token = await self._token(cloud, vehicle_id)
-        await self._latency(self.profile.wake_latency)
-        t = await self._gate(car, cloud, token)
-        self.stats["wakes"] += 1
-        self._keep_awake(cloud, t)
+    def _stop(self, car: Car, cloud: _Cloud, t: float) -> None:
+        self._world.advance(car, t)
+        if car.charging and (cloud.ignores_stop or self._draw(self.profile.ignore_stop_probability)):
+            # acknowledged, not obeyed: the API says success and the car keeps charging
+            self.stats["stops_ignored"] += 1
+            self._world.log.append((t, car.vehicle_id, "fault", "stop ignored"))
+            return
+        self._rejecting(self._world.stop, car, t)
 
     def subscribe(self, sink: Callable[[VehicleReading], None]) -> None:
         self._sinks.append(sink)
@@ -335,26 +319,17 @@ class SimulatedOEM:
             sigma = math.log(spec.p95_s / spec.median_s) / _Z95 if spec.p95_s > spec.median_s else 0.0
             await self._clock.sleep(float(spec.median_s * math.exp(sigma * self._rng.standard_normal())))
 
-    async def _token(self, cloud: _Cloud, vehicle_id: str) -> str | None:
-        if self.tokens is None:
-            return None
-        return await self.tokens.access_token(cloud.account, vehicle_id)
-
-    async def _gate(self, car: Car, cloud: _Cloud, token: str | None) -> float:
-        """Checks every call passes when it reaches the cloud; returns the time (s).
-
-        A token the cloud rejects is refreshed once and the call retried, as real heads do on a
-        401.
-        """
+    async def _gate(self, car: Car, cloud: _Cloud, token: str) -> float:
+        """:meth:`_check` for a call with an access token: a token the cloud rejects is
+        refreshed once and the call retried, as real heads do on a 401."""
         try:
             return self._check(car, cloud, token)
         except AuthExpired:
-            if self.tokens is None or token is None:
-                raise
             token = await self.tokens.after_rejection(cloud.account, car.vehicle_id, token)
             return self._check(car, cloud, token)
 
     def _check(self, car: Car, cloud: _Cloud, token: str | None) -> float:
+        """Checks every call passes when it reaches the cloud; returns the time (s)."""
         t = self._clock.seconds
         vid = car.vehicle_id
         self.stats["calls"] += 1
@@ -367,19 +342,19 @@ class SimulatedOEM:
                 self.stats["auth_expired"] += 1
                 raise AuthExpired(vid, "access token expired or revoked")
         p = self.profile
-        self._quota(vid, cloud.calls, p.calls_per_vehicle_per_hour, _HOUR_S, t, "vehicle")
+        if p.calls_per_vehicle_per_hour is not None:
+            self._quota(vid, cloud.calls, p.calls_per_vehicle_per_hour, _HOUR_S, t, "vehicle")
         if p.calls_per_account_per_hour is not None:
             window = self._account_calls.setdefault(cloud.account, deque())
             self._quota(vid, window, p.calls_per_account_per_hour, _HOUR_S, t, "account")
-        self._quota(vid, self._app_calls, p.calls_per_application_per_minute, _MINUTE_S, t, "application")
+        if p.calls_per_application_per_minute is not None:
+            self._quota(vid, self._app_calls, p.calls_per_application_per_minute, _MINUTE_S, t, "application")
         if self._draw(p.failure_rate):
             self.stats["failed"] += 1
             raise TransientUpstream(vid, "upstream returned 502")
         return t
 
-    def _quota(self, vid: str, calls: deque[float], quota: int | None, period: float, t: float, scope) -> None:
-        if quota is None:
-            return
+    def _quota(self, vid: str, calls: deque[float], quota: int, period: float, t: float, scope) -> None:
         while calls and calls[0] <= t - period:
             calls.popleft()
         if len(calls) >= quota:
