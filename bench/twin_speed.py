@@ -10,12 +10,23 @@ uncontrolled at 10,000 cars.
 
     python bench/twin_speed.py            # 1k and 10k cars, smart at 1k
     python bench/twin_speed.py --quick    # 1k only, one repeat
+    python bench/twin_speed.py --against REV   # this tree against git revision REV, interleaved
+
+``--against`` checks a revision out into a temporary git worktree and times the same runs of
+both trees in fresh processes, alternating A B A B so that the machine's noise hits both: the
+ratio is the figure (below 1: this tree is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,10 +80,54 @@ def baseline(sc) -> float:
     return time.perf_counter() - t
 
 
+_CHILD = """
+import json, sys
+from twin.scenario import parse_scenario
+from twin.sim.run import simulate
+cars, policy = int(sys.argv[1]), sys.argv[2]
+simulate(parse_scenario({"name": "warm", "days": 7, "seed": 1, "fleet": [{"name": "car", "count": 50}]}), policy)
+sc = parse_scenario({"name": f"speed-{cars}", "days": 7, "seed": 1, "fleet": [{"name": "car", "count": cars}]})
+r = simulate(sc, policy)
+print(json.dumps({"seconds": r.wall_seconds, "cost": r.kpis["cost_gbp"], "commands": r.kpis["commands_sent"]}))
+"""
+
+
+def _timed(tree: Path, cars: int, policy: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(cars), policy], env=env, cwd=tree, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def against(rev: str, repeats: int) -> None:
+    """Time this tree and ``rev`` on the same runs, interleaved (see the module docstring)."""
+    here = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "other"
+        subprocess.run(["git", "-C", str(here), "worktree", "add", "-q", "--detach", str(other), rev], check=True)
+        try:
+            print(f"{'run':<24} {'this tree s':>11} {rev + ' s':>14} {'ratio':>7}  same results")
+            for cars, policy in ((1_000, "uncontrolled"), (10_000, "uncontrolled"), (1_000, "smart")):
+                mine, theirs = [], []
+                for _ in range(repeats):
+                    mine.append(_timed(here, cars, policy))
+                    theirs.append(_timed(other, cars, policy))
+                a, b = min(m["seconds"] for m in mine), min(t["seconds"] for t in theirs)
+                same = abs(mine[0]["cost"] - theirs[0]["cost"]) <= 1e-9 * max(1.0, abs(theirs[0]["cost"]))
+                print(f"{policy + f', {cars:,} cars':<24} {a:>11.2f} {b:>14.2f} {a / b:>7.3f}  "
+                      f"{'yes' if same else 'NO'} (cost {mine[0]['cost']:.2f} vs {theirs[0]['cost']:.2f})")
+        finally:
+            subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(other)], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 cars only, one repeat")
+    parser.add_argument("--against", metavar="REV", help="time this tree against git revision REV, interleaved")
     args = parser.parse_args()
+    if args.against:
+        against(args.against, 1 if args.quick else 3)
+        return
     sizes = [1_000] if args.quick else [1_000, 10_000]
     repeats = 1 if args.quick else 3
     simulate(scenario(50))  # warm imports and caches
