@@ -92,9 +92,9 @@ def kpi_table(frame: pd.DataFrame) -> Table:
 
     meaning = {**KPI_DESCRIPTIONS, **DERIVED_DESCRIPTIONS}
     table = Table(show_header=True, header_style="bold")
-    table.add_column("KPI")
+    table.add_column("KPI", no_wrap=True)
     for policy in frame.columns:
-        table.add_column(str(policy), justify="right")
+        table.add_column(str(policy), justify="right", no_wrap=True)
     table.add_column("meaning", style="dim")
     for name, row in frame.iterrows():
         table.add_row(str(name), *(_fmt(v) for v in row), meaning.get(str(name), ""))

@@ -11,7 +11,7 @@ previous plan left, minus the driving in between. Sessions are therefore solved 
 first session of every car, then the second, ...), each round one vectorised call to
 :func:`twin.scheduler.solve`. With a feeder limit, the sessions of a round are planned one at
 a time, least slack first, each against the capacity the others already planned will really
-draw (on/off cars cannot share a slot's last kilowatts). The bound is then the best plan with
+draw at any instant (on/off cars cannot share a slot's last kilowatts). The bound is then the best plan with
 perfect information under that rule, not the joint optimum of the coupled on/off problem (a
 MILP that does not scale to a fleet-week), and a policy can occasionally beat it.
 """
@@ -27,7 +27,7 @@ import pandas as pd
 
 from twin.control.config import ControlParams
 from twin.control.planning import (
-    expected_kw, feeder_room, least_slack_order, scheduler, session_plans, session_problem, settable_levels,
+    drawing_kw, feeder_room, least_slack_order, scheduler, session_plans, session_problem, settable_levels,
 )
 from twin.control.policies import Optimal
 from twin.control.track import SessionPlan
@@ -55,11 +55,15 @@ class Foresight:
 
 def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: Signals,
                       params: ControlParams | None = None, feeder_kw: float | None = None,
-                      current: Mapping[str, Capabilities] | None = None) -> Foresight:
+                      current: Mapping[str, Capabilities] | None = None,
+                      autostart: Mapping[str, bool] | None = None) -> Foresight:
     """Plan every session of a scenario knowing everything in advance (see module docstring).
 
     ``current``: the capabilities of the cars whose charging current can be set (by vehicle
     id); they are planned modulated, on the powers they can be set to. The rest are on/off.
+    ``autostart``: the cars that start charging by themselves when plugged in (by vehicle id).
+    Under a feeder limit their draw from plug-in until a stop lands counts in their arrival slot:
+    the limit holds at every instant, and foresight knows when they arrive.
     """
     params = params or ControlParams()
     frame = signals.frame
@@ -94,6 +98,11 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
     energy = np.zeros((len(s), nslots))
     used_kw = np.zeros(nslots)
     seconds = 0.0
+    arrival_slot = np.clip(np.floor(start).astype(np.int64), 0, nslots - 1)
+    autostart = autostart or {}
+    arrival_kw = np.array([c.max_kw if autostart.get(v, False) else 0.0 for v, c in zip(vids, curves)])
+    if feeder_kw is not None:
+        np.add.at(used_kw, arrival_slot, arrival_kw)
 
     for k in range(int(order_in_car.max(initial=-1)) + 1):
         rows = np.flatnonzero(order_in_car == k)
@@ -115,8 +124,13 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
             batch_price, feeder = price, None
             if feeder_kw is not None:
                 grid = settable[b[0]]
-                batch_price, feeder = feeder_room(price, feeder_kw - used_kw, curves[b[0]],
-                                                  None if grid is None else float(grid[0]))
+                i = int(b[0])
+                slots = np.arange(nslots)
+                share = np.clip(np.minimum(slots + 1, end[i]) - np.maximum(slots, start[i]), 0, 1)
+                own = np.zeros(nslots)
+                own[arrival_slot[i]] = arrival_kw[i]
+                batch_price, feeder = feeder_room(price, feeder_kw - (used_kw - own), curves[i],
+                                                  None if grid is None else float(grid[0]), share)
             c = [curves[i] for i in b]
             problem = session_problem(
                 c, slot_hours=slot_h, soc0=soc_arrival[b], target_soc=target[b], min_soc=min_soc[b],
@@ -134,8 +148,9 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
                 i = int(b[0])
                 slots = np.arange(nslots)
                 available = np.clip(np.minimum(slots + 1, end[i]) - np.maximum(slots, start[i]), 0, 1) * slot_h
-                used_kw += expected_kw(curves[i], float(soc_arrival[i]), float(target[i]), plans[i].levels_kw,
-                                       available, slot_h)
+                draw = drawing_kw(curves[i], float(soc_arrival[i]), float(target[i]), plans[i].levels_kw, available)
+                draw[arrival_slot[i]] = max(draw[arrival_slot[i]], arrival_kw[i])
+                used_kw += draw - own
 
     cost = energy @ price
     carbon = energy @ carbon_g / 1000.0
@@ -156,9 +171,10 @@ def perfect_foresight(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: S
 
 def optimal_policy(vehicles: pd.DataFrame, sessions: pd.DataFrame, signals: Signals,
                    params: ControlParams | None = None, feeder_kw: float | None = None,
-                   current: Mapping[str, Capabilities] | None = None) -> Optimal:
+                   current: Mapping[str, Capabilities] | None = None,
+                   autostart: Mapping[str, bool] | None = None) -> Optimal:
     """The ``optimal`` policy: the perfect-foresight plans, replayed session by session."""
-    best = perfect_foresight(vehicles, sessions, signals, params, feeder_kw, current)
+    best = perfect_foresight(vehicles, sessions, signals, params, feeder_kw, current, autostart)
     plans: dict[str, list[SessionPlan]] = {}
     arrivals: dict[str, list[datetime]] = {}
     for row, (vid, arrival) in enumerate(zip(sessions["vehicle_id"], sessions["arrival"])):

@@ -397,6 +397,8 @@ class ControlModel(_Model):
     carbon_weight_gbp_per_kg: Annotated[float, Field(ge=0, le=10)] = 0.0
     start_penalty_gbp: Annotated[float, Field(ge=0, le=10)] = 0.02
     min_run_slots: Annotated[int, Field(ge=1, le=48)] = 1
+    plan_margin_soc: Annotated[float, Field(ge=0, le=0.1)] = 0.005
+    margin_soc_per_hour: Annotated[float, Field(ge=0, le=0.05)] = 0.002
     poll_interval_s: Annotated[float, Field(gt=0)] = 900.0
     plugged_poll_interval_s: Annotated[float, Field(gt=0)] = 1800.0
     retry_base_s: Annotated[float, Field(gt=0)] = 30.0
@@ -412,6 +414,7 @@ class ControlModel(_Model):
     notify_soc_shift: Annotated[float, Field(ge=0, le=1)] = 0.05
     call_timeout_s: Annotated[float, Field(gt=0)] = 310.0
     replan_after_failure_s: Annotated[float, Field(gt=0)] = 300.0
+    site_grace_s: Annotated[float, Field(ge=0)] = 60.0
 
     @model_validator(mode="after")
     def _retry(self) -> ControlModel:

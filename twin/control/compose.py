@@ -91,9 +91,9 @@ def build_controller(
     limits = {name: tuple(head.rate_limits) for name, head in heads.items()}
     if snapshot is not None:
         ctl = Controller.restore(snapshot, policy=policy, vehicles=registered, new_id=new_id, config=settings.config,
-                                 rate_limits=limits, resend_pending=resend_pending)
+                                 rate_limits=limits, resend_pending=resend_pending, site_kw=settings.feeder_kw)
         return ctl
-    ctl = Controller(policy, settings.config, new_id=new_id)
+    ctl = Controller(policy, settings.config, new_id=new_id, site_kw=settings.feeder_kw)
     for name, budgets in limits.items():
         ctl.set_rate_limits(name, budgets)
     for v in registered:

@@ -51,6 +51,10 @@ class ControllerConfig:
     # Every OEM call is abandoned (and retried as a transient failure) after this long. The
     # Smartcar SDK waits 310 s: commands can legitimately take minutes.
     call_timeout_s: float = 310.0
+    # A car believed to have stopped at its charge limit still counts against a site limit this
+    # long after the estimate says so, unless a reading confirms it: estimates run early or late
+    # by seconds to a minute over a night's charge.
+    site_grace_s: float = 60.0
     # A planning job that failed is tried again this much later; meanwhile the car charges as
     # it would uncontrolled, so a solver failure never costs the driver their charge.
     replan_after_failure_s: float = 300.0
@@ -65,6 +69,12 @@ class ControlParams:
     # toggling a car for a saving smaller than the risk of the command going wrong.
     start_penalty_gbp: float = 0.02
     min_run_slots: int = 1
+    # Plans aim this far above the target (SoC fraction) and the car's own limit stops it at
+    # the target: the margin is a little time, not charge. It covers what dispatch loses (each
+    # start lands seconds to a minute after its slot begins) ...
+    plan_margin_soc: float = 0.005
+    # ... and what the estimate may have drifted since the last reading (per hour of its age).
+    margin_soc_per_hour: float = 0.002
 
 
 @dataclass(frozen=True)

@@ -108,11 +108,17 @@ class Controller:
     """
 
     def __init__(self, policy: Policy, config: ControllerConfig | None = None, *,
-                 new_id: Callable[[], str]) -> None:
+                 new_id: Callable[[], str], site_kw: float | None = None) -> None:
         self.policy = policy
+        if hasattr(policy, "site_tracks"):
+            policy.site_tracks = lambda: self.tracks.values()
         self.config = config or ControllerConfig()
         self.new_id = new_id
+        #: the site's feeder limit (kW at every instant) its cars share; None: no shared limit
+        self.site_kw = site_kw
         self.inline_planning = True
+        #: cars whose start waits for room under the site limit
+        self._held: set[str] = set()
         self.tracks: dict[str, VehicleTrack] = {}
         self._accounts: dict[str, set[str]] = {}
         self._timers: list[tuple[datetime, int, str]] = []
@@ -183,6 +189,9 @@ class Controller:
         timers = self._timers
         while timers and timers[0][0] <= now:
             self._dirty.add(heapq.heappop(timers)[2])
+        if self._held:  # cars waiting for room: look again whenever anything happens
+            self._dirty |= self._held
+            self._held.clear()
         for vid in self._dirty:
             self._escalate_if_overdue(now, self.tracks[vid])
         self._plan(now)
@@ -432,7 +441,7 @@ class Controller:
         self._to_plan.add(track.vehicle_id)
 
     def _session_start(self, track: VehicleTrack, reading: VehicleReading) -> None:
-        track.start_session(reading.taken_at)
+        track.start_session(reading.taken_at, reading.soc)
         self._plugged.add(track.vehicle_id)
         self._to_plan.add(track.vehicle_id)
 
@@ -577,20 +586,89 @@ class Controller:
             return self._issue(now, track, SetChargeLimit, soc=track.target)
         charging = track.charging and track.below_limit(now)
         if track.charging and not charging:
-            # reached its limit by our estimate: the car stops itself, no command needed
+            # reached its limit by our estimate: the car stops itself, no command needed. Until a
+            # reading confirms it, the site still counts it (the estimate may be early)
             track.anchor(now)
             track.charging = False
+            if self.site_kw is not None:
+                left_h = track.curve.hours_to(track.est_soc, track.limit) if track.est_soc < track.limit else 0.0
+                track.drawing_until = now + timedelta(seconds=min(left_h * 3600.0, 3600.0) + self.config.site_grace_s)
         want = self.policy.wants_kw(now, track)
         amps = self._amps(track, want) if track.caps.can_set_current else None
         if amps == 0.0:
             want = 0.0
         if want > 0 and amps is not None and amps != track.amps:
+            if (charging and (track.amps is None or amps > track.amps)) and not self._room(now, track, amps):
+                return None
             return self._command(now, track, SetChargingCurrent, amps=amps)
         if want > 0 and not charging and track.needs_charge(now):
+            if not self._room(now, track, track.amps):
+                return None
             return self._command(now, track, StartCharging)
         if want <= 0 and charging and not track.escalated:
             return self._command(now, track, StopCharging)
         return None
+
+    def _room(self, now: datetime, track: VehicleTrack, amps: float | None) -> bool:
+        """Whether the site has room for ``track`` to draw at ``amps`` now (always without a
+        site limit, or for a policy that does not respect one). Without room the car is held,
+        looked at again with the next news and when a car counted against the site should stop
+        counting; held past ``replan_late_s`` it is planned again around what the others draw."""
+        if self.site_kw is None or not self.policy.respects_site:
+            return True
+        curve = track.curve if amps is None else track.curve.capped(amps * track.caps.kw_per_amp())
+        need = curve.power_kw(track.soc_estimate(now) or 0.0)
+        drawn, frees = self._site_draw(now, exclude=track.vehicle_id)
+        if drawn + need <= self.site_kw + 1e-6:
+            track.held_since = None
+            return True
+        self._held.add(track.vehicle_id)
+        if track.held_since is None:
+            track.held_since = now
+        elif (now - track.held_since).total_seconds() >= self.config.replan_late_s:
+            track.held_since = now
+            self._to_plan.add(track.vehicle_id)
+        self._at(min(frees, now + timedelta(seconds=self.config.replan_late_s)), track.vehicle_id)
+        return False
+
+    def site_draw_kw(self, now: datetime, exclude: str | None = None) -> float:
+        """What the plugged-in cars draw now by the controller's belief (kW); see
+        :meth:`_site_draw`."""
+        return self._site_draw(now, exclude)[0]
+
+    def _site_draw(self, now: datetime, exclude: str | None = None) -> tuple[float, datetime]:
+        """(kW drawn now, the earliest time a car stops counting) by the controller's belief.
+
+        A car counts at its power at its estimated SoC while it is believed charging, until
+        its estimate reaches its charge limit plus ``site_grace_s`` (the estimate may be early);
+        while its stop is not yet confirmed by a reading; and while a start or a higher current
+        for it is in flight. Cars that need no estimate to count (a start in flight) do not set
+        the earliest time.
+        """
+        total = 0.0
+        frees = datetime.max.replace(tzinfo=now.tzinfo)
+        grace = timedelta(seconds=self.config.site_grace_s)
+        for vid in self._plugged:
+            if vid == exclude:
+                continue
+            t = self.tracks[vid]
+            pending = t.pending
+            until = t.drawing_until
+            if t.charging and t.est_at is not None and t.est_soc is not None:
+                left = t.active.hours_to(t.est_soc, t.limit) if t.est_soc < t.limit else 0.0
+                until = t.est_at + timedelta(hours=min(left, 48.0)) + grace
+            drawing = ((until is not None and now < until) or (t.expect is not None and not t.expect[0])
+                       or isinstance(pending, (StartCharging, SetChargingCurrent)))
+            if not drawing:
+                continue
+            if isinstance(pending, SetChargingCurrent):
+                curve = t.curve.capped(max(pending.amps * t.caps.kw_per_amp(), t.cap_kw if t.charging else 0.0))
+            else:
+                curve = t.active
+            total += curve.power_kw(min(t.soc_estimate(now) or 0.0, t.limit - SOC_TOLERANCE))
+            if until is not None and now < until:
+                frees = min(frees, until)
+        return total, frees
 
     @staticmethod
     def _ran_short(now: datetime, track: VehicleTrack, plan: SessionPlan) -> bool:

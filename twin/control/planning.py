@@ -4,7 +4,7 @@ Both the ``smart`` policy (planning on forecasts, at plug-in) and the perfect-fo
 (:mod:`twin.foresight`, planning every session on actual prices) state their problems through
 :func:`session_problem`, order cars under a feeder limit with :func:`least_slack_order`, keep an
 on/off car out of slots without room for it with :func:`block_full_slots`, and predict what a
-planned car will really draw with :func:`expected_kw`. Each of these exists once.
+planned car will draw at any instant with :func:`drawing_kw`. Each of these exists once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the scheduler (Pyomo, HiGHS, OR-Tools) loads only when a po
     from twin.scheduler import FleetProblem, Plan
 
 __all__ = [
-    "BLOCKED_PRICE_GBP_PER_KWH", "block_full_slots", "expected_kw", "least_slack_order", "session_problem",
+    "BLOCKED_PRICE_GBP_PER_KWH", "block_full_slots", "drawing_kw", "least_slack_order", "session_problem",
     "session_plans", "feeder_room", "settable_levels", "flat_out_plan", "scheduler",
 ]
 
@@ -126,7 +126,9 @@ def session_plans(problem: FleetProblem, plan: Plan, curves: Sequence[ChargeCurv
             if grid is not None:
                 room = np.full(len(kw), curve.max_kw)
                 if problem.feeder_kw is not None and problem.n_cars == 1:
-                    room = np.minimum(room, problem.feeder_kw)
+                    # the room while the car charges (feeder_room scaled it to a slot average)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        room = np.minimum(room, np.where(avail[i] > 0, problem.feeder_kw / avail[i], 0.0))
                 # above the knee the car's own taper sets the power: ask for as much as there
                 # is room for and let the car take what it can
                 tapered = (energy[i] > 0) & (plan.soc[i, 1:] > curve.taper_soc)
@@ -168,17 +170,21 @@ def block_full_slots(price: np.ndarray, residual_kw: np.ndarray, max_kw: float) 
     return np.where(residual_kw + 1e-9 >= max_kw, price, BLOCKED_PRICE_GBP_PER_KWH)
 
 
-def feeder_room(price: np.ndarray, residual_kw: np.ndarray, curve: ChargeCurve, min_kw: float | None):
-    """(price, feeder_kw) for planning one car into the ``residual_kw`` the others leave.
+def feeder_room(price: np.ndarray, residual_kw: np.ndarray, curve: ChargeCurve, min_kw: float | None,
+                available: np.ndarray):
+    """(price, feeder_kw) for planning one car into the ``residual_kw`` the others leave at
+    every instant of each slot; ``available``: the share of each slot the car is plugged in.
 
     An on/off car (``min_kw`` None) is kept out of slots without room for its full power
     (:func:`block_full_slots`); its price is the car's own row, shape (1, T). A modulated car
-    may take whatever room there is as a per-slot limit, except where the room is below the
-    least it can draw (``min_kw``, its lowest settable current) once charging.
+    may take whatever room there is, except where the room is below the least it can draw
+    (``min_kw``, its lowest settable current) once charging; as the slot model limits average
+    power, the room is scaled by the share of the slot the car can charge in, so that its power
+    while it charges stays within the room.
     """
     if min_kw is not None:
         room = np.maximum(residual_kw, 0.0)
-        return price, np.where(room + 1e-9 >= min_kw, room, 0.0)
+        return price, np.where(room + 1e-9 >= min_kw, room * np.asarray(available, dtype=float), 0.0)
     return block_full_slots(price, residual_kw, curve.max_kw)[None, :], None
 
 
@@ -193,24 +199,26 @@ def least_slack_order(hours_left: Sequence[float], curves: Sequence[ChargeCurve]
     return np.argsort(slack, kind="stable")
 
 
-def expected_kw(curve: ChargeCurve, soc: float, limit: float, levels_kw: Sequence[float],
-                available_h: Sequence[float], slot_h: float) -> np.ndarray:
-    """Average power (kW) a car draws per slot when told to charge at ``levels_kw`` (0: off,
-    ``inf``: as fast as it charges).
+def drawing_kw(curve: ChargeCurve, soc: float, limit: float, levels_kw: Sequence[float],
+               available_h: Sequence[float]) -> np.ndarray:
+    """The most a car draws at any instant of each slot (kW) when told to charge at
+    ``levels_kw`` (0: off, ``inf``: as fast as it charges) for ``available_h`` hours of each.
 
-    It charges along its curve (capped at the level) for ``available_h`` hours of each slot and
-    stops at ``limit``, so once it is expected to be full it stops counting.
+    A site limit holds at every instant, so planning counts another car at its full power in
+    every slot it charges in at all, not at its average over the slot: a car that plugs in ten
+    minutes into a slot draws its full power for the other twenty. Power only falls as SoC rises,
+    so the most is at the start of its charging in the slot; once it is expected to be full at
+    ``limit`` it no longer counts.
     """
     out = np.zeros(len(levels_kw))
-    kwh_per_soc = curve.battery_kwh / curve.efficiency
     full = curve.max_kw
     for i, (level, hours) in enumerate(zip(levels_kw, available_h)):
         if soc >= limit - SOC_TOLERANCE:
             break
         if level > 0 and hours > 0:
-            after = min(limit, (curve if level >= full else curve.capped(level)).soc_after(soc, hours))
-            out[i] = (after - soc) * kwh_per_soc / slot_h
-            soc = after
+            c = curve if level >= full else curve.capped(level)
+            out[i] = c.power_kw(soc)
+            soc = min(limit, c.soc_after(soc, hours))
     return out
 
 

@@ -29,8 +29,8 @@ reads a car's current plan and is cheap.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from math import ceil, floor
 from typing import Any, Protocol
@@ -42,7 +42,7 @@ from twin.battery import ChargeCurve
 from twin.control.config import ControlParams, ControlSettings
 from twin.control.events import ForecastUpdated, PlanJob
 from twin.control.planning import (
-    expected_kw, feeder_room, least_slack_order, scheduler, session_plans, session_problem, settable_levels,
+    drawing_kw, feeder_room, least_slack_order, scheduler, session_plans, session_problem, settable_levels,
 )
 from twin.control.track import SessionPlan, VehicleTrack
 from twin.domain import SOC_TOLERANCE
@@ -56,6 +56,13 @@ __all__ = [
 POLICIES = ("uncontrolled", "smart", "smart_onoff", "optimal")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Under a feeder limit the site is planned one car at a time; when that leaves cars short, the
+# short ones go first in up to this many more rounds (each round is one cheap plan per car).
+REPAIR_ROUNDS = 2
+# Sessions a car must have had before its next arrival is expected and given room under a feeder.
+MIN_HISTORY = 2
+# However old the last reading, a plan aims at most this far above the target.
+MAX_MARGIN_SOC = 0.03
 # Persistence forecast: beyond the published horizon, assume a slot costs what the same slot
 # did this many days earlier (the first one known), the usual naive forecast for day-ahead
 # prices and carbon intensity.
@@ -66,6 +73,8 @@ class Policy(Protocol):
     """Decides how much a plugged-in car should charge now (see the module docstring)."""
 
     name: str
+    #: whether starts must wait for room under a site limit
+    respects_site: bool
 
     def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
                 fleet: Sequence[VehicleTrack]) -> PlanJob | None:
@@ -96,6 +105,8 @@ class Uncontrolled:
     """Charge on plug-in until the target, as a car does without smart charging."""
 
     name = "uncontrolled"
+    #: the baseline knows no site limit: it shows what the site would draw without control
+    respects_site = False
 
     def prepare(self, now, tracks, fleet):
         return None
@@ -187,6 +198,8 @@ class PlanFollower:
     """Common behaviour of policies that follow a per-session plan."""
 
     name = "plan"
+    #: starts wait for room under the site's limit (see ``Controller._room``)
+    respects_site = True
 
     def wants_kw(self, now: datetime, track: VehicleTrack) -> float:
         if not track.plugged_in:
@@ -237,6 +250,12 @@ class CarView:
     plugged_in: bool
     #: the powers it can be set to draw when planned modulated (:func:`settable_levels`); None: on/off
     settable: np.ndarray | None
+    #: SoC planned above the target to cover what dispatch loses and what the estimate may be off
+    margin: float = 0.0
+    #: when it can start charging: now for a plugged-in car, the expected plug-in for an arrival
+    #: the site expects (an unplugged car planned only to keep room for it)
+    start: datetime | None = None
+    expected: bool = False
 
     @property
     def modulated(self) -> bool:
@@ -247,26 +266,54 @@ class CarView:
         return None if self.settable is None else float(self.settable[0])
 
     @classmethod
-    def of(cls, now: datetime, t: VehicleTrack, modulate: bool) -> CarView:
+    def of(cls, now: datetime, t: VehicleTrack, modulate: bool, margin: float = 0.0,
+           margin_per_hour: float = 0.0) -> CarView:
         caps = t.caps
         settable = settable_levels(caps, t.curve.max_kw) if modulate and caps.can_set_current else None
+        # a car whose stop is not yet confirmed by a reading may still be drawing
+        charging = t.charging or (t.expect is not None and not t.expect[0])
+        age_h = 0.0 if t.soc_at is None else max(0.0, (now - t.soc_at).total_seconds() / 3600.0)
         return cls(t.vehicle_id, t.curve, t.soc_estimate(now), t.target, t.preferences.min_soc, t.limit,
-                   t.deadline, t.plan, t.escalated or not t.reachable, t.charging, t.plugged_in, settable)
+                   t.deadline, t.plan, t.escalated or not t.reachable, charging, t.plugged_in, settable,
+                   min(margin + margin_per_hour * age_h, MAX_MARGIN_SOC))
+
+    @classmethod
+    def arrival(cls, now: datetime, t: VehicleTrack, modulate: bool, within: timedelta) -> CarView | None:
+        """An unplugged car's next plug-in as its history says (its usual time of day and the
+        charge it usually needs), if it falls within ``within``; None without enough history."""
+        history = t.history
+        if t.plugged_in or len(history) < MIN_HISTORY:
+            return None
+        minutes = sorted(m for m, _ in history)[len(history) // 2]
+        need = sorted(n for _, n in history)[len(history) // 2]
+        at = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(minutes=minutes)
+        if at <= now:
+            at += timedelta(days=1)
+        if at - now > within or need <= 0:
+            return None
+        caps = t.caps
+        settable = settable_levels(caps, t.curve.max_kw) if modulate and caps.can_set_current else None
+        return cls(t.vehicle_id, t.curve, max(0.0, t.target - need), t.target, t.preferences.min_soc, t.target,
+                   t.preferences.deadline(at), None, False, False, False, settable, 0.0, at, True)
 
     def plannable(self, now: datetime) -> bool:
         return (self.deadline is not None and self.deadline > now and self.soc is not None
-                and not self.uncontrollable)
+                and not self.uncontrollable and (self.start is None or self.start < self.deadline))
 
     def planned_kw(self, plan: SessionPlan | None, now: datetime, starts: list[datetime],
                    slot: timedelta) -> np.ndarray:
-        """What this car is expected to draw per slot: its plan, or flat out if it is
-        uncontrollable or charging without a plan."""
+        """The most this car is expected to draw at any instant of each slot: by its plan, or
+        flat out if it is uncontrollable or charging without a plan (a car that started by
+        itself at plug-in counts until it is confirmed stopped)."""
         flat_out = self.uncontrollable or (plan is None and self.charging)
-        if not self.plugged_in or (not flat_out and plan is None):
+        if not (self.plugged_in or self.expected) or (not flat_out and plan is None):
             return np.zeros(len(starts))
         levels = [math.inf if flat_out else plan.level_at(s + slot / 2) for s in starts]
-        available = [max(0.0, (s + slot - max(s, now)).total_seconds() / 3600.0) for s in starts]
-        return expected_kw(self.curve, self.soc or 0.0, self.limit, levels, available, slot.total_seconds() / 3600.0)
+        if self.charging and not flat_out and levels and levels[0] <= 0:
+            levels[0] = math.inf  # still drawing now, until its stop is confirmed
+        begin = now if self.start is None else max(now, self.start)
+        available = [max(0.0, (s + slot - max(s, begin)).total_seconds() / 3600.0) for s in starts]
+        return drawing_kw(self.curve, self.soc or 0.0, self.limit, levels, available)
 
 
 class _SmartJob:
@@ -279,7 +326,9 @@ class _SmartJob:
         self.slot = smart.slot
         self.params = smart.params
         self.feeder_kw = smart.feeder_kw
-        self.vehicle_ids = tuple(v.vehicle_id for v in (fleet if fleet is not None else todo))
+        self.expected_ids = {v.vehicle_id for v in fleet or () if v.expected}
+        self.vehicle_ids = tuple(v.vehicle_id for v in (fleet if fleet is not None else todo)
+                                 if v.vehicle_id not in self.expected_ids)
 
     def run(self) -> dict[str, SessionPlan]:
         now = self.now
@@ -290,21 +339,52 @@ class _SmartJob:
         # early do not keep cheap slots a more urgent car needs.
         assert self.fleet is not None
         plans = {v.vehicle_id: v.plan for v in self.fleet}
+        expected = [v for v in self.fleet if v.expected]
+        if expected:
+            # the arrivals the site expects take their room first, as they will when they come
+            self._sequential(expected, plans)
         done = self._sequential(self.todo, plans)
         short = any(p is not None and p.expected_soc < v.target - SOC_TOLERANCE
                     for v in self.todo for p in [done.get(v.vehicle_id)])
         if short and len(self.fleet) > len(self.todo):
             everyone = [v for v in self.fleet if v.plannable(now)]
-            for v in everyone:
-                plans[v.vehicle_id] = None
-            done = self._sequential(everyone, plans)
+            done = self._site(everyone, plans)
+        return {vid: p for vid, p in done.items() if vid not in self.expected_ids}
+
+    def _site(self, everyone: list[CarView], plans: dict[str, SessionPlan | None]) -> dict[str, SessionPlan]:
+        """The whole site planned again, least slack first; then, while some cars end short,
+        up to ``REPAIR_ROUNDS`` more rounds with the short cars moved to the front, keeping the
+        round with the least total shortfall."""
+        now = self.now
+        order = [everyone[i] for i in least_slack_order(
+            [(v.deadline - now).total_seconds() / 3600.0 for v in everyone],
+            [v.curve for v in everyone], [v.soc for v in everyone], [v.target for v in everyone])]
+        best, best_short = None, math.inf
+        for _ in range(1 + REPAIR_ROUNDS):
+            trial = dict(plans)
+            for v in order:
+                trial[v.vehicle_id] = None
+            done = self._sequential(order, trial, ordered=True)
+            short = {v.vehicle_id: (v.target - done[v.vehicle_id].expected_soc) * v.curve.battery_kwh
+                     for v in order if done[v.vehicle_id].expected_soc < v.target - SOC_TOLERANCE
+                     and not v.expected}
+            total = sum(short.values())
+            if total < best_short - 1e-9:
+                best, best_short = (done, trial), total
+            if not short:
+                break
+            order = [v for v in order if v.vehicle_id in short] + [v for v in order if v.vehicle_id not in short]
+        done, trial = best
+        plans.update(trial)
         return done
 
-    def _sequential(self, views: list[CarView], plans: dict[str, SessionPlan | None]) -> dict[str, SessionPlan]:
+    def _sequential(self, views: list[CarView], plans: dict[str, SessionPlan | None],
+                    ordered: bool = False) -> dict[str, SessionPlan]:
         now = self.now
-        order = least_slack_order([(v.deadline - now).total_seconds() / 3600.0 for v in views],
-                                  [v.curve for v in views], [v.soc for v in views], [v.target for v in views])
-        views = [views[i] for i in order]
+        if not ordered:
+            order = least_slack_order([(v.deadline - now).total_seconds() / 3600.0 for v in views],
+                                      [v.curve for v in views], [v.soc for v in views], [v.target for v in views])
+            views = [views[i] for i in order]
         pending = {v.vehicle_id for v in views}
         done: dict[str, SessionPlan] = {}
         for v in views:
@@ -320,26 +400,33 @@ class _SmartJob:
         slot_s = slot.total_seconds()
         first = self.first
         count = max(1, ceil((max(v.deadline for v in views) - first).total_seconds() / slot_s))
+        count = min(count, len(self.price))
         price, carbon = self.price[:count], self.carbon[:count]
         feeder = None
+        starts_at = [(max(now, v.start) if v.start is not None else now) for v in views]
         curves = [v.curve for v in views]
         if others is not None:
             residual = np.full(count, float(self.feeder_kw))
             starts = [first + i * slot for i in range(count)]
             for o in others:
                 residual -= o.planned_kw(plans[o.vehicle_id], now, starts, slot)
-            price, feeder = feeder_room(price, residual, curves[0], views[0].min_kw)
+            start = (starts_at[0] - first).total_seconds() / slot_s
+            end = min(count, (views[0].deadline - first).total_seconds() / slot_s)
+            t = np.arange(count)
+            available = np.clip(np.minimum(t + 1, end) - np.maximum(t, start), 0.0, 1.0)
+            price, feeder = feeder_room(price, residual, curves[0], views[0].min_kw, available)
         problem = session_problem(
             curves, slot_hours=slot_s / 3600.0,
-            soc0=[min(v.soc, v.target) for v in views], target_soc=[v.target for v in views],
+            soc0=[min(v.soc, v.target) for v in views], target_soc=[min(1.0, v.target + v.margin) for v in views],
             min_soc=[v.min_soc for v in views],
-            start_slot=[(now - first).total_seconds() / slot_s] * len(views),
-            end_slot=[(v.deadline - first).total_seconds() / slot_s for v in views],
+            start_slot=[(t - first).total_seconds() / slot_s for t in starts_at],
+            end_slot=[min(count, (v.deadline - first).total_seconds() / slot_s) for v in views],
             price=price, carbon=carbon, params=self.params, modulated=[v.modulated for v in views],
             feeder_kw=feeder, vehicle_ids=[v.vehicle_id for v in views],
         )
         solved = session_plans(problem, scheduler().solve(problem), curves, first, slot, [v.settable for v in views])
-        return {v.vehicle_id: p for v, p in zip(views, solved)}
+        # the car stops at its own limit (the target): the margin is time, not charge
+        return {v.vehicle_id: replace(p, expected_soc=min(p.expected_soc, v.target)) for v, p in zip(views, solved)}
 
 
 class Smart(PlanFollower):
@@ -357,6 +444,9 @@ class Smart(PlanFollower):
         self.book = PriceBook(slot_minutes)
         self.feeder_kw = feeder_kw
         self.modulate = modulate
+        #: every car of the site, plugged in or not (the controller sets it when it registers
+        #: cars): under a feeder the arrivals the site expects keep room
+        self.site_tracks: Callable[[], Iterable[VehicleTrack]] = lambda: ()
         if not modulate:
             self.name = "smart_onoff"
 
@@ -364,17 +454,27 @@ class Smart(PlanFollower):
         self.book.update(event.frame)
         return True
 
+    def _view(self, now: datetime, t: VehicleTrack) -> CarView:
+        return CarView.of(now, t, self.modulate, self.params.plan_margin_soc, self.params.margin_soc_per_hour)
+
     def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
                 fleet: Sequence[VehicleTrack]) -> PlanJob | None:
-        todo = [v for v in (CarView.of(now, t, self.modulate) for t in tracks) if v.plannable(now)]
+        todo = [v for v in (self._view(now, t) for t in tracks) if v.plannable(now)]
         if not todo:
             return None
         views = None
         horizon = todo
         if self.feeder_kw is not None:
             mine = {v.vehicle_id: v for v in todo}
-            views = [mine.get(t.vehicle_id) or CarView.of(now, t, self.modulate) for t in fleet]
+            views = [mine.get(t.vehicle_id) or self._view(now, t) for t in fleet]
             horizon = [v for v in views if v.plannable(now)]
+            within = max(v.deadline for v in horizon) - now
+            plugged = {t.vehicle_id for t in fleet}
+            for t in self.site_tracks():
+                if t.vehicle_id not in plugged:
+                    v = CarView.arrival(now, t, self.modulate, within)
+                    if v is not None and v.plannable(now):
+                        views.append(v)
         slot_s = self.slot.total_seconds()
         first = _EPOCH + timedelta(seconds=floor((now - _EPOCH).total_seconds() / slot_s) * slot_s)
         count = max(1, ceil((max(v.deadline for v in horizon) - first).total_seconds() / slot_s))

@@ -46,7 +46,7 @@ def take(ctl: Controller) -> dict[str, Any]:
         "tracks": {vid: t.to_json() for vid, t in sorted(ctl.tracks.items())},
         "timers": [[when.isoformat(), seq, vid] for when, seq, vid in sorted(ctl._timers)],
         "seq": ctl._seq,
-        "dirty": sorted(ctl._dirty),
+        "dirty": sorted(ctl._dirty | ctl._held),
         "plugged": sorted(ctl._plugged),
         "to_plan": sorted(ctl._to_plan | waiting),
         "replan_all": ctl._replan_all,
@@ -61,7 +61,7 @@ def take(ctl: Controller) -> dict[str, Any]:
 def restore(cls: type[Controller], snapshot: Mapping[str, Any], *, policy: Policy,
             vehicles: Iterable[ManagedVehicle], new_id: Callable[[], str], config: ControllerConfig | None = None,
             rate_limits: Mapping[str, tuple[RateBudget, ...]] | None = None,
-            resend_pending: bool = True) -> Controller:
+            resend_pending: bool = True, site_kw: float | None = None) -> Controller:
     """A controller of class ``cls`` in the state ``snapshot`` recorded.
 
     ``vehicles`` are the registrations and must be the snapshot's cars; ``policy`` a fresh policy
@@ -74,7 +74,7 @@ def restore(cls: type[Controller], snapshot: Mapping[str, Any], *, policy: Polic
         raise ValueError(f"snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
     if snapshot.get("policy") != policy.name:
         raise ValueError(f"snapshot is of a '{snapshot.get('policy')}' controller, not '{policy.name}'")
-    ctl = cls(policy, config, new_id=new_id)
+    ctl = cls(policy, config, new_id=new_id, site_kw=site_kw)
     for oem, budgets in (rate_limits or {}).items():
         ctl.set_rate_limits(oem, budgets)
     states = snapshot["tracks"]

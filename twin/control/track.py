@@ -57,6 +57,8 @@ __all__ = ["Link", "Session", "SessionPlan", "ManagedVehicle", "VehicleTrack", "
 # A SoC reported more than one 1 % reporting step (plus slack) above the SoC at a stop means the
 # car charged on after it.
 CHARGED_SINCE_SOC = 0.011
+# Sessions a car remembers to expect its next one (two weeks of daily use).
+HISTORY = 14
 
 
 class Session(Enum):
@@ -212,7 +214,7 @@ class VehicleTrack:
         "est_soc", "est_at", "limit", "cap_kw", "amps", "active",
         # session
         "session", "session_started", "deadline", "plan", "disobeyed", "disobeyed_at", "notified",
-        "awaiting_plan", "short_replanned",
+        "awaiting_plan", "short_replanned", "held_since", "drawing_until", "history",
         # link
         "link", "resume", "pending", "attempts", "not_before",
         # timers and verification
@@ -255,6 +257,12 @@ class VehicleTrack:
         self.awaiting_plan: str | None = None
         #: the plan ran out short of its target and was planned again (once per plan)
         self.short_replanned = False
+        #: since when a start waits for room under the site's limit
+        self.held_since: datetime | None = None
+        #: a car believed to have stopped at its limit counts against the site until then
+        self.drawing_until: datetime | None = None
+        #: recent sessions: (plug-in minute of the UTC day, SoC it needed to its target)
+        self.history: list[tuple[int, float]] = []
         self.link = Link.READY
         #: the link state a back-off returns to
         self.resume = Link.READY
@@ -310,8 +318,11 @@ class VehicleTrack:
         self.est_soc = self.soc_estimate(now)
         self.est_at = now
 
-    def start_session(self, plugged_at: datetime) -> None:
-        """A reading showed the car newly plugged in at ``plugged_at``."""
+    def start_session(self, plugged_at: datetime, soc: float | None = None) -> None:
+        """A reading showed the car newly plugged in at ``plugged_at`` (at ``soc``)."""
+        if soc is not None:
+            self.history = (self.history + [(plugged_at.hour * 60 + plugged_at.minute,
+                                             max(0.0, self.preferences.target_soc - soc))])[-HISTORY:]
         self.session = Session.PLUGGED
         self.session_started = plugged_at
         self.deadline = self.preferences.deadline(plugged_at)
@@ -347,6 +358,8 @@ class VehicleTrack:
             self.check_at = None
         self.plugged_in = reading.plugged_in
         self.charging = reading.charging
+        if not reading.charging:
+            self.drawing_until = None  # confirmed stopped
         self.soc_at = reading.taken_at
         if reading.soc is not None:
             self.soc = reading.soc
@@ -409,6 +422,8 @@ class VehicleTrack:
                 value = None if math.isinf(value) else value
             elif name == "notified":
                 value = None if value is None else [_iso(value[0]), value[1]]
+            elif name == "history":
+                value = [list(h) for h in value]
             elif name == "expect":
                 value = None if value is None else [value[0], value[1].isoformat(), value[2]]
             elif isinstance(value, datetime):
@@ -436,10 +451,12 @@ class VehicleTrack:
                 value = math.inf if value is None else value
             elif name == "notified":
                 value = None if value is None else (_dt(value[0]), value[1])
+            elif name == "history":
+                value = [(int(m), float(n)) for m, n in value]
             elif name == "expect":
                 value = None if value is None else (value[0], datetime.fromisoformat(value[1]), value[2])
             elif name in ("soc_at", "est_at", "session_started", "deadline", "disobeyed_at", "not_before",
-                          "read_due", "check_at", "change_at"):
+                          "read_due", "check_at", "change_at", "held_since", "drawing_until"):
                 value = _dt(value)
             setattr(self, name, value)
         self.active = self.curve.capped(self.cap_kw)

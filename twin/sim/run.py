@@ -238,7 +238,8 @@ def build(scenario: Scenario | str | Path | dict[str, Any], policy: str | None, 
 
         caps = {vid: adapters[vid].capabilities(vid) for vid in vehicles["vehicle_id"]}
         current = {vid: c for vid, c in caps.items() if c.can_set_current}
-        optimal = optimal_policy(vehicles, sessions, signals, settings.params, settings.feeder_kw, current)
+        autostart = {vid: profiles[oem].charge_on_plug_in for vid, oem in zip(vehicles["vehicle_id"], vehicles["oem"])}
+        optimal = optimal_policy(vehicles, sessions, signals, settings.params, settings.feeder_kw, current, autostart)
     managed = [ManagedVehicle(vid, curve, account_id=account)
                for vid, curve, account in zip(vehicles["vehicle_id"], curves, vehicles["account_id"])]
     daily = [time.fromisoformat(v) for v in vehicles["ready_by"]]
