@@ -15,7 +15,9 @@ advances energy exactly from one event to the next, without a fixed time step.
 There are two implementations of the same formulas: :class:`ChargeCurve` for one car
 (plain ``math``; called inside the event loop, where NumPy scalar overhead would dominate)
 and :func:`soc_after_array` for many segments at once (NumPy; used when results are binned
-into settlement slots). Tests check that they agree.
+into settlement slots). Tests check that they agree. :func:`power_profile_array` gives the
+power of many segments as a function of time (flat, then an exponential decay once the taper
+binds), for the site-power KPIs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ChargeCurve", "soc_after_array", "curve_arrays", "capped_arrays"]
+__all__ = ["ChargeCurve", "soc_after_array", "curve_arrays", "capped_arrays", "power_profile_array"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +195,45 @@ def soc_after_array(arrays: dict[str, np.ndarray], soc: np.ndarray, hours: np.nd
         k = eff * b / cap
         tapered = s_inf - (s_inf - s0) * np.exp(-k * h2)
     return np.minimum(np.where(flat_only, out, tapered), 1.0)
+
+
+def power_profile_array(arrays: dict[str, np.ndarray], soc: np.ndarray) -> dict[str, np.ndarray]:
+    """Grid-side power over time of many cars charging at their limit from ``soc``.
+
+    The same physics as :func:`soc_after_array`: a car draws ``flat_kw`` for ``flat_hours``
+    (until the taper binds or the battery is full), then ``taper_kw * exp(-decay_per_hour * h)``
+    for ``taper_hours`` (``h``: hours since the taper began; on the linear taper the power
+    decays exponentially because ``P = b (s_inf - s)``), then nothing (SoC 1). Durations may be
+    ``inf``; phases that never happen have 0 hours. Integrating this power times
+    ``efficiency / battery_kwh`` gives the SoC gain of :func:`soc_after_array`.
+
+    Returns a dict of arrays: ``flat_kw``, ``flat_hours``, ``taper_kw``, ``decay_per_hour``,
+    ``taper_hours``.
+    """
+    soc = np.asarray(soc, dtype=float)
+    cap = arrays["battery_kwh"]
+    eff = arrays["efficiency"]
+    max_kw = arrays["max_kw"]
+    s_c = arrays["taper_soc"]
+    b = arrays["slope_kw"]
+    rate = eff * max_kw / cap
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        flat_end = np.minimum(s_c, 1.0)
+        in_flat = soc < flat_end
+        to_taper = np.where(rate > 0, (flat_end - soc) / np.where(rate > 0, rate, 1.0), np.inf)
+        flat_hours = np.where(in_flat, to_taper, 0.0)
+        # s_c is finite only where the taper binds below 100 %
+        s0 = np.maximum(soc, s_c)
+        tapers = np.isfinite(s_c) & (b > 0) & (s0 < 1.0)
+        taper_kw = np.where(tapers, np.minimum(max_kw, arrays["vehicle_kw"] - b * (s0 - arrays["knee_soc"])), 0.0)
+        decay = np.where(tapers, eff * b / cap, 0.0)
+        s_inf = np.where(tapers, (arrays["vehicle_kw"] + b * arrays["knee_soc"]) / np.where(b > 0, b, 1.0), np.inf)
+        to_full = np.where(s_inf > 1.0, np.log((s_inf - s0) / (s_inf - 1.0)) / decay, np.inf)
+        taper_hours = np.where(tapers & (taper_kw > 0), to_full, 0.0)
+    return {
+        "flat_kw": np.where(in_flat, max_kw, 0.0),
+        "flat_hours": flat_hours,
+        "taper_kw": np.where(taper_hours > 0, taper_kw, 0.0),
+        "decay_per_hour": decay,
+        "taper_hours": taper_hours,
+    }
