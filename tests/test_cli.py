@@ -105,7 +105,7 @@ def test_bad_scenario_gives_one_clear_line_and_exit_2(tmp_path, case):
 def test_unknown_policy_option(tmp_path):
     res = runner.invoke(app, ["run", str(write(tmp_path, SMALL)), "--policy", "smrt"])
     assert res.exit_code == 2
-    assert res.stderr.strip() == "error: policy: unknown policy 'smrt'; choose one of: uncontrolled, smart, smart_onoff, optimal"
+    assert res.stderr.strip() == "error: policy: unknown policy 'smrt'; choose one of: uncontrolled, edf, smart, smart_onoff, optimal"
 
 
 SESSIONS_YAML = "sessions:\n  csv: sessions.csv\n"

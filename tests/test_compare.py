@@ -95,3 +95,17 @@ def test_compare_writes_the_html_report_for_all_three_policies(tmp_path):
     for policy in ("uncontrolled", "smart", "optimal"):
         assert policy in html
     assert "regret_objective_pct" in res.output
+
+
+def test_total_cost_and_edf_savings_rows():
+    site = {"site": {"feeder_kw": 20.0, "demand_charge_gbp_per_kw_month": 10.0}}
+    a = twin.simulate({**SMALL, **site}, "uncontrolled")
+    e = twin.simulate({**SMALL, **site}, "edf")
+    table = comparison_table({"uncontrolled": a, "edf": e, "smart": a})
+    ta, te = a.kpis["total_cost_gbp"], e.kpis["total_cost_gbp"]
+    assert a.kpis["demand_cost_gbp"] > 0 and ta == pytest.approx(a.kpis["cost_gbp"] + a.kpis["demand_cost_gbp"])
+    assert table.at["savings_total_cost_pct", "edf"] == pytest.approx(100 * (ta - te) / ta)
+    assert table.at["savings_vs_edf_total_cost_pct", "smart"] == pytest.approx(100 * (te - ta) / te)
+    assert table.at["savings_vs_edf_cost_pct", "uncontrolled"] == pytest.approx(
+        100 * (e.kpis["cost_gbp"] - a.kpis["cost_gbp"]) / e.kpis["cost_gbp"])
+    assert math.isnan(comparison_table({"uncontrolled": a}).at["savings_vs_edf_cost_pct", "uncontrolled"])

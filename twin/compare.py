@@ -6,6 +6,10 @@ The comparison table has one column per policy and one row per KPI, plus:
     cost + carbon weight × carbon (the quantity the planning policies minimise), GBP.
 ``savings_cost_gbp``, ``savings_cost_pct``, ``savings_carbon_kg``, ``savings_carbon_pct``
     versus ``uncontrolled`` (positive = better than charging on plug-in).
+``savings_total_cost_gbp``, ``savings_total_cost_pct``
+    the same for the total cost (energy and the site's demand charge).
+``savings_vs_edf_cost_pct``, ``savings_vs_edf_total_cost_pct``
+    energy and total cost saved versus ``edf``, earliest deadline first (a site's usual baseline).
 ``regret_cost_gbp``, ``regret_cost_pct``, ``regret_carbon_kg``, ``regret_carbon_pct``,
 ``regret_objective_pct``
     versus ``optimal``, the perfect-foresight bound (positive = worse than the bound).
@@ -33,6 +37,10 @@ DERIVED_DESCRIPTIONS = {
     "savings_cost_pct": "cost saved versus uncontrolled, %",
     "savings_carbon_kg": "carbon saved versus uncontrolled, kg",
     "savings_carbon_pct": "carbon saved versus uncontrolled, %",
+    "savings_total_cost_gbp": "total cost (energy and demand charge) saved versus uncontrolled, GBP",
+    "savings_total_cost_pct": "total cost (energy and demand charge) saved versus uncontrolled, %",
+    "savings_vs_edf_cost_pct": "energy cost saved versus earliest deadline first (edf), %",
+    "savings_vs_edf_total_cost_pct": "total cost (energy and demand charge) saved versus earliest deadline first (edf), %",
     "regret_cost_gbp": "cost above the perfect-foresight optimum, GBP",
     "regret_cost_pct": "cost above the perfect-foresight optimum, %",
     "regret_carbon_kg": "carbon above the perfect-foresight optimum, kg",
@@ -71,6 +79,18 @@ def comparison_table(results: dict[str, SimulationResult], carbon_weight_gbp_per
             table.loc[["savings_cost_gbp", "savings_cost_pct", "savings_carbon_kg", "savings_carbon_pct"], p] = [
                 cost, _pct(cost, base["cost_gbp"]), carbon, _pct(carbon, base["carbon_kg"])
             ]
+        if "total_cost_gbp" in table.index:
+            for p in table.columns:
+                total = base["total_cost_gbp"] - table.at["total_cost_gbp", p]
+                table.loc[["savings_total_cost_gbp", "savings_total_cost_pct"], p] = [
+                    total, _pct(total, base["total_cost_gbp"])]
+    if "edf" in table.columns:
+        edf = table["edf"]
+        for p in table.columns:
+            table.at["savings_vs_edf_cost_pct", p] = _pct(edf["cost_gbp"] - table.at["cost_gbp", p], edf["cost_gbp"])
+            if "total_cost_gbp" in table.index:
+                table.at["savings_vs_edf_total_cost_pct", p] = _pct(
+                    edf["total_cost_gbp"] - table.at["total_cost_gbp", p], edf["total_cost_gbp"])
     if "optimal" in table.columns:
         best = table["optimal"]
         for p in table.columns:

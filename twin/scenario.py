@@ -399,6 +399,10 @@ class ControlModel(_Model):
     min_run_slots: Annotated[int, Field(ge=1, le=48)] = 1
     plan_margin_soc: Annotated[float, Field(ge=0, le=0.1)] = 0.005
     margin_soc_per_hour: Annotated[float, Field(ge=0, le=0.05)] = 0.002
+    peak_weight_gbp_per_kwh: Annotated[float, Field(ge=0, le=10)] = 0.0
+    capacity_price_gbp_per_kwh: Annotated[float, Field(ge=0, le=100)] = 0.0
+    departure_quantile: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    departure_prior_min: Annotated[float, Field(ge=0, le=720)] = 60.0
     poll_interval_s: Annotated[float, Field(gt=0)] = 900.0
     plugged_poll_interval_s: Annotated[float, Field(gt=0)] = 1800.0
     retry_base_s: Annotated[float, Field(gt=0)] = 30.0
@@ -425,8 +429,12 @@ class ControlModel(_Model):
     def controller_config(self) -> ControllerConfig:
         return ControllerConfig(**{f: getattr(self, f) for f in ControllerConfig.__dataclass_fields__})
 
-    def params(self) -> ControlParams:
-        return ControlParams(**{f: getattr(self, f) for f in ControlParams.__dataclass_fields__})
+    def params(self, site: SiteModel | None = None) -> ControlParams:
+        """The objective; the site's tariff (its demand charge) comes from ``site``."""
+        fields = {f: getattr(self, f) for f in ControlParams.__dataclass_fields__ if f in type(self).model_fields}
+        if site is not None:
+            fields["demand_charge_gbp_per_kw_month"] = site.demand_charge_gbp_per_kw_month
+        return ControlParams(**fields)
 
 
 class Threshold(_Model):
@@ -479,7 +487,24 @@ class SessionReplay(_Model):
 
 
 class SiteModel(_Model):
-    feeder_kw: Annotated[float, Field(gt=0)] | None = None
+    """Where the cars charge: the feeder they share and its tariff."""
+
+    feeder_kw: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="the site's feeder or breaker limit, kW at every instant; null: none")
+    demand_charge_gbp_per_kw_month: Annotated[float, Field(ge=0, le=100)] = Field(
+        0.0, description="demand charge, GBP per kW of the month's peak (averaged over demand_window_minutes)")
+    demand_window_minutes: Annotated[int, Field(ge=1, le=60)] = Field(
+        30, description="the averaging window of the metered demand peak, minutes")
+    capacity_kw: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="a network operator's capacity signal for the fleet, kW (constant)")
+    capacity_csv: str | None = Field(
+        None, description="the same per slot: CSV with 'slot_start' (UTC) and 'capacity_kw', relative to the scenario")
+
+    @model_validator(mode="after")
+    def _capacity(self) -> SiteModel:
+        if self.capacity_kw is not None and self.capacity_csv is not None:
+            raise ValueError("give capacity_kw or capacity_csv, not both")
+        return self
 
 
 class Scenario(_Model):
@@ -549,7 +574,7 @@ class Scenario(_Model):
     def control_settings(self) -> ControlSettings:
         """The control path's settings: the ``control`` section, slot length and feeder limit."""
         c = self.control
-        return ControlSettings(c.controller_config(), c.params(), self.signals.slot_minutes, self.site.feeder_kw)
+        return ControlSettings(c.controller_config(), c.params(self.site), self.signals.slot_minutes, self.site.feeder_kw)
 
 
 def policy_problem(name: str) -> str | None:

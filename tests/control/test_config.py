@@ -6,17 +6,24 @@ import pytest
 
 from twin import ScenarioError, parse_scenario
 from twin.control import ControllerConfig, ControlParams
-from twin.scenario import ControlModel
+from twin.scenario import ControlModel, SiteModel
+
+
+#: settings that describe the site's tariff, set in a scenario's `site` section
+SITE_FIELDS = {"demand_charge_gbp_per_kw_month"}
 
 
 @pytest.mark.parametrize("cls", [ControllerConfig, ControlParams])
 def test_the_control_section_exposes_every_field_with_its_default(cls):
     model = ControlModel()
     for f in dataclasses.fields(cls):
+        if f.name in SITE_FIELDS:
+            assert f.name in SiteModel.model_fields and getattr(SiteModel(), f.name) == f.default
+            continue
         assert f.name in ControlModel.model_fields, f"control.{f.name} is missing from scenarios"
         assert getattr(model, f.name) == f.default, f.name
-    assert set(ControlModel.model_fields) == {f.name for c in (ControllerConfig, ControlParams)
-                                              for f in dataclasses.fields(c)}
+    assert set(ControlModel.model_fields) | SITE_FIELDS == {f.name for c in (ControllerConfig, ControlParams)
+                                                            for f in dataclasses.fields(c)}
 
 
 def test_scenario_settings_reach_the_controller():

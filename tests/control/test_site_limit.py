@@ -75,14 +75,14 @@ def scenario(cars, feeder_cars, autostart, failure, latency, push_delay, stubbor
     }
 
 
-def test_smart_and_optimal_keep_the_limit_at_every_instant():
+def test_smart_optimal_and_edf_keep_the_limit_at_every_instant():
     counts = Counter()
 
     @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(cars=st.integers(4, 9), feeder_cars=st.floats(1.5, 3.5), autostart=st.booleans(),
            failure=st.sampled_from([0.0, 0.1, 0.3]), latency=st.sampled_from([1.0, 5.0, 20.0]),
            push_delay=st.sampled_from([0.0, 10.0, 30.0]), stubborn=st.integers(0, 1), seed=st.integers(0, 10**6),
-           policy=st.sampled_from(["smart", "optimal"]))
+           policy=st.sampled_from(["smart", "optimal", "edf"]))
     def check(cars, feeder_cars, autostart, failure, latency, push_delay, stubborn, seed, policy):
         sc = scenario(cars, feeder_cars, autostart, failure, latency, push_delay, stubborn, seed)
         result = twin.simulate(sc, policy)
@@ -109,8 +109,34 @@ def test_the_reproducer_from_the_report_stays_within_20_kw(tmp_path):
         "site: {feeder_kw: 20}\n"
         "oem_profiles: {default: {push_delay_s: 10, charge_on_plug_in: false, command_latency: {median_s: 3, p95_s: 10}}}\n"
     )
-    for policy in ("smart", "optimal"):
+    for policy in ("smart", "optimal", "edf"):
         result = twin.simulate(Path(tmp_path / "s.yaml"), policy)
         peak, _ = instant_site_kw(result, exclude_forced=False)
         assert peak <= 20 + 1e-6 and peak > 19.9, (policy, peak)  # three cars at once, never four
         assert result.kpis["energy_delivered_kwh"] > 160  # and the limit is used, not wasted
+
+
+def test_edf_gives_the_room_to_the_earliest_ready_by(tmp_path):
+    # one car's room: A plugs in first but leaves late, B plugs in half an hour later and must
+    # be ready by 12:30; first come first served would leave B short, EDF stops A for B
+    rows = ["vehicle_id,arrival,departure,energy_kwh,battery_kwh,soc_arrival,target_soc",
+            "A,2026-03-02T09:00:00Z,2026-03-02T18:00:00Z,19.8,60,0.3,0.63",
+            "B,2026-03-02T09:30:00Z,2026-03-02T12:30:00Z,13.8,60,0.3,0.53"]
+    (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "s.yaml").write_text(
+        "sessions: {csv: s.csv, charger: {max_kw: 6.656}, vehicle: {max_ac_kw: 6.656}}\n"
+        "site: {feeder_kw: 7}\n"
+        "oem_profiles: {default: {push_delay_s: 10, charge_on_plug_in: false, command_latency: {median_s: 3, p95_s: 10}}}\n"
+    )
+    result = twin.simulate(Path(tmp_path / "s.yaml"), "edf")
+    sessions = result.sessions.set_index("vehicle_id")
+    assert sessions["met_target"].all(), sessions[["soc_at_ready_by", "target_soc"]]
+    ch = result.charging
+    first_b = ch[ch["vehicle_id"] == "B"]["start"].min()
+    assert first_b < pd.Timestamp("2026-03-02T09:32:00Z")  # at once, once A's stop has landed
+    a = ch[ch["vehicle_id"] == "A"]
+    assert (a["start"] < first_b).any() and (a["start"] > first_b).any()  # A charged, gave way, resumed
+    assert instant_site_kw(result, exclude_forced=False)[0] <= 7 + 1e-6
+    # uncontrolled ignores the site; a first-come share of the room is what EDF must beat
+    fifo = twin.simulate(Path(tmp_path / "s.yaml"), "uncontrolled")
+    assert instant_site_kw(fifo, exclude_forced=False)[0] > 7

@@ -3,7 +3,7 @@
 * :mod:`twin.control.events` — actions (controller -> host) and events (host -> controller);
 * :mod:`twin.control.track` — one car's state as two explicit state machines, and its plan;
 * :mod:`twin.control.controller` — :class:`Controller`, whose ``step()`` makes every decision;
-* :mod:`twin.control.policies` — uncontrolled, smart, smart_onoff, optimal replay;
+* :mod:`twin.control.policies` — uncontrolled, edf, smart, smart_onoff, optimal replay;
 * :mod:`twin.control.planning` — scheduler problems from cars, plans from solutions;
 * :mod:`twin.control.budget` — call budgets per rate-limit scope;
 * :mod:`twin.control.config` — the loop's tunables and the objective;

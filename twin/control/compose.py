@@ -68,7 +68,7 @@ def build_controller(
         (``adapter.capabilities``), and ``oem`` from the head's name.
     preferences : each car's driver preferences (vehicle id -> Preferences; default Preferences()).
     settings : loop tunables, objective, slot length and feeder limit.
-    policy : a policy name (``uncontrolled``, ``smart``, ``smart_onoff``, ``optimal``) or object.
+    policy : a policy name (``uncontrolled``, ``edf``, ``smart``, ``smart_onoff``, ``optimal``) or object.
     adapters : vehicle id -> its OEM head.
     new_id : supplies action ids (idempotency keys).
     optimal : the perfect-foresight policy, needed for ``policy="optimal"`` (twin only).

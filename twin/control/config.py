@@ -75,6 +75,22 @@ class ControlParams:
     plan_margin_soc: float = 0.005
     # ... and what the estimate may have drifted since the last reading (per hour of its age).
     margin_soc_per_hour: float = 0.002
+    # Price on the fleet's own load, GBP/kWh at a load equal to the capacity (the network
+    # operator's signal, or the fleet's total power): the marginal cost of a quadratic cost of
+    # load, so that cars planned one after another spread over near-equal slots instead of all
+    # starting in the cheapest one (herding). 0: off.
+    peak_weight_gbp_per_kwh: float = 0.0
+    # Extra price for energy planned where the fleet's load would exceed the capacity signal.
+    capacity_price_gbp_per_kwh: float = 0.0
+    # The site's demand charge, GBP per kW of its monthly peak (slot-average, as meters bill it):
+    # plans keep under the peak the site has already reached this month where they can.
+    demand_charge_gbp_per_kw_month: float = 0.0
+    # Plan to be ready by this quantile of when drivers really leave relative to their declared
+    # ready-by (their own history, or the site's drivers' while theirs is short), when that is
+    # earlier: a driver who leaves early still finds the charge. 0: plan to the declared time.
+    departure_quantile: float = 0.01
+    # Before any departures are known, plan to be ready this many minutes before ready-by.
+    departure_prior_min: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,9 @@ class Controller:
         self.inline_planning = True
         #: cars whose start waits for room under the site limit
         self._held: set[str] = set()
+        #: the policy shares the site's room without plans (``edf``): it is asked every step
+        #: whose turn to charge has changed
+        self._waits = bool(getattr(policy, "waits_for_room", False))
         self.tracks: dict[str, VehicleTrack] = {}
         self._accounts: dict[str, set[str]] = {}
         self._timers: list[tuple[datetime, int, str]] = []
@@ -189,6 +192,8 @@ class Controller:
         timers = self._timers
         while timers and timers[0][0] <= now:
             self._dirty.add(heapq.heappop(timers)[2])
+        if self._waits:
+            self._dirty |= self.policy.turns(now)
         if self._held:  # cars waiting for room: look again whenever anything happens
             self._dirty |= self._held
             self._held.clear()
@@ -382,7 +387,7 @@ class Controller:
         if reading.plugged_in and not track.plugged_in:
             self._session_start(track, reading)
         elif not reading.plugged_in and track.plugged_in:
-            self._session_end(track)
+            self._session_end(track, reading.taken_at)
         # verification: only a reading taken after the command can judge it
         expect = track.expect
         if expect is not None and reading.taken_at >= expect[1] and reading.plugged_in:
@@ -445,10 +450,10 @@ class Controller:
         self._plugged.add(track.vehicle_id)
         self._to_plan.add(track.vehicle_id)
 
-    def _session_end(self, track: VehicleTrack) -> None:
+    def _session_end(self, track: VehicleTrack, unplugged_at: datetime | None = None) -> None:
         if track.expect is not None:
             self.stats["commands_unverified"] += 1
-        track.end_session()
+        track.end_session(unplugged_at)
         self._plugged.discard(track.vehicle_id)
         self._to_plan.discard(track.vehicle_id)
 
@@ -537,8 +542,12 @@ class Controller:
             if not moved and abs(soc - last[1]) < self.config.notify_soc_shift:
                 return
         track.notified = (start, soc)
+        early = None
+        if track.deadline is not None and track.deadline - timedelta(hours=1) > now:
+            early = self.policy.soc_by(now, track, track.deadline - timedelta(hours=1))
         self._notify(Notify(track.vehicle_id, self.new_id(), topic="plan" if last is None else "plan_changed",
-                            charge_start_at=start, expected_soc=soc, ready_by=track.deadline))
+                            charge_start_at=start, expected_soc=soc, ready_by=track.deadline,
+                            soc_hour_early=early))
 
     def _notify(self, note: Notify) -> None:
         self._out.append(note)
@@ -571,6 +580,8 @@ class Controller:
         if not track.plugged_in or track.awaiting_plan is not None:
             return None
         plan = track.plan
+        if plan is None and self._waits:
+            self._follow(now, track)  # when the car's turn may come
         if plan is not None:
             self._follow(now, track)
             if not track.short_replanned and self._ran_short(now, track, plan):
@@ -672,11 +683,12 @@ class Controller:
 
     @staticmethod
     def _ran_short(now: datetime, track: VehicleTrack, plan: SessionPlan) -> bool:
-        """No more charging in the plan, which expected the target, yet the car is below it
-        with time left: rounding, a slow start or a taper cost energy the plan counted on."""
+        """No more charging in the plan, yet the car is below its target with time left: the
+        plan expected the target and rounding, a slow start or a taper cost energy it counted on,
+        or the plan aimed at an earlier departure (see ``departure_quantile``) that has passed."""
         return (plan.over(now) and track.session is Session.PLUGGED and track.deadline is not None
-                and now < track.deadline and plan.expected_soc >= track.target - SOC_TOLERANCE
-                and track.needs_charge(now))
+                and now < track.deadline and track.needs_charge(now)
+                and (plan.expected_soc >= track.target - SOC_TOLERANCE or plan.end + plan.slot <= track.deadline))
 
     @staticmethod
     def _amps(track: VehicleTrack, want_kw: float) -> float | None:

@@ -138,6 +138,8 @@ class Notify(Action):
     expected_soc: float | None = None
     ready_by: datetime | None = None
     message: str = ""
+    #: the SoC the plan gives an hour before ready-by, in case the driver leaves early
+    soc_hour_early: float | None = None
 
     kind: ClassVar[str] = "notify"
     is_call: ClassVar[bool] = False
@@ -150,6 +152,8 @@ class Notify(Action):
             parts.append(f"expected_soc={self.expected_soc:.4f}")
         if self.ready_by is not None:
             parts.append(f"ready_by={self.ready_by.isoformat()}")
+        if self.soc_hour_early is not None:
+            parts.append(f"soc_hour_early={self.soc_hour_early:.4f}")
         if self.message:
             parts.append(self.message)
         return " ".join(parts)

@@ -14,6 +14,11 @@
 ``smart_onoff``
     ``smart`` with start/stop only, even where the car's current could be set: the comparison
     that shows what modulation is worth.
+``edf``
+    Earliest deadline first, the usual baseline for shared sites: no plans and no prices; every
+    car that needs charge charges at once, except that under a site limit the cars whose ready-by
+    comes first take the room and the rest wait (a car with an earlier ready-by that plugs in
+    later stops one with a later ready-by).
 ``optimal``
     Replays the perfect-foresight plan of every session (:mod:`twin.foresight`): arrival,
     departure and actual prices known in advance. The bound other policies are measured
@@ -48,12 +53,12 @@ from twin.control.track import SessionPlan, VehicleTrack
 from twin.domain import SOC_TOLERANCE
 
 __all__ = [
-    "Policy", "Uncontrolled", "PlanFollower", "Smart", "Optimal", "PriceBook", "CarView", "POLICIES",
+    "Policy", "Uncontrolled", "EarliestDeadlineFirst", "PlanFollower", "Smart", "Optimal", "PriceBook", "CarView", "POLICIES",
     "make_policy",
 ]
 
 #: policy names the twin and the server know
-POLICIES = ("uncontrolled", "smart", "smart_onoff", "optimal")
+POLICIES = ("uncontrolled", "edf", "smart", "smart_onoff", "optimal")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Under a feeder limit the site is planned one car at a time; when that leaves cars short, the
@@ -61,6 +66,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 REPAIR_ROUNDS = 2
 # Sessions a car must have had before its next arrival is expected and given room under a feeder.
 MIN_HISTORY = 2
+# Departures a driver must have made before their own early-departure quantile is used (before
+# that, the site's drivers' together); and the shortest window a plan to an early departure has.
+MIN_DEPARTURES = 5
+MIN_WINDOW_MIN = 60
 # However old the last reading, a plan aims at most this far above the target.
 MAX_MARGIN_SOC = 0.03
 # Persistence forecast: beyond the published horizon, assume a slot costs what the same slot
@@ -96,6 +105,10 @@ class Policy(Protocol):
         """(when charging will start, SoC expected at ready-by) for the driver."""
         ...
 
+    def soc_by(self, now: datetime, track: VehicleTrack, when: datetime) -> float:
+        """The SoC the car is expected to have at ``when`` (for the driver: leaving early)."""
+        ...
+
     def snapshot(self) -> dict[str, Any]: ...
 
     def restore(self, data: Mapping[str, Any]) -> None: ...
@@ -127,11 +140,87 @@ class Uncontrolled:
         hours = max(0.0, (track.deadline - now).total_seconds() / 3600.0)
         return now, min(track.target, track.curve.soc_after(soc, hours))
 
+    def soc_by(self, now: datetime, track: VehicleTrack, when: datetime) -> float:
+        soc = track.soc_estimate(now) or 0.0
+        return min(max(track.target, soc), track.curve.soc_after(soc, max(0.0, (when - now).total_seconds() / 3600.0)))
+
     def snapshot(self) -> dict[str, Any]:
         return {}
 
     def restore(self, data: Mapping[str, Any]) -> None:
         pass
+
+
+class EarliestDeadlineFirst(Uncontrolled):
+    """Charge at once, earliest ready-by first under the site limit (see the module docstring).
+
+    The room is shared in the order (cars that ignore "stop" and keep drawing, then ready-by,
+    then plug-in time, then id): each car counts at its power at its estimated SoC, and a car
+    wants to charge only while the cars before it leave it room. The controller asks for the
+    share once per step (:meth:`turns`) and looks again at the cars whose turn changed; it
+    still checks the instantaneous draw before every start (``respects_site``), so a car whose
+    stop has not landed yet keeps counting.
+    """
+
+    name = "edf"
+    respects_site = True
+
+    def __init__(self, feeder_kw: float | None) -> None:
+        self.feeder_kw = feeder_kw
+        #: without a site limit every car charges at once: nothing to share
+        self.waits_for_room = feeder_kw is not None
+        #: every car of the site (the controller sets it when it registers cars)
+        self.site_tracks: Callable[[], Iterable[VehicleTrack]] = lambda: ()
+        #: the cars given room at the last step, and when
+        self._given: set[str] = set()
+        self._given_at: datetime | None = None
+        self._next_free: datetime | None = None
+
+    def turns(self, now: datetime) -> set[str]:
+        """Share the room now; return the cars whose turn to charge has changed since the last
+        share (the controller decides them again)."""
+        given = self._share(now)
+        changed = given ^ self._given
+        self._given, self._given_at = given, now
+        return changed
+
+    def wants_kw(self, now: datetime, track: VehicleTrack) -> float:
+        if not (track.plugged_in and track.needs_charge(now)):
+            return 0.0
+        if self.feeder_kw is None:
+            return math.inf
+        given = self._given if self._given_at == now else self._share(now)
+        return math.inf if track.vehicle_id in given else 0.0
+
+    def _share(self, now: datetime) -> set[str]:
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        cars = [t for t in self.site_tracks() if t.plugged_in and t.needs_charge(now)]
+        cars.sort(key=lambda t: (not (t.escalated and t.charging), t.deadline or far,
+                                 t.session_started or far, t.vehicle_id))
+        given: set[str] = set()
+        left = float(self.feeder_kw)
+        #: when the first car given room should reach its target (the others' turn may come)
+        self._next_free = None
+        for t in cars:
+            soc = t.soc_estimate(now) or 0.0
+            need = t.curve.power_kw(soc)
+            if need <= left + 1e-6 or (t.escalated and t.charging):
+                given.add(t.vehicle_id)
+                left -= need
+                done = now + timedelta(hours=min(t.curve.hours_to(soc, t.target), 48.0), seconds=1)
+                self._next_free = done if self._next_free is None else min(self._next_free, done)
+        return given
+
+    def next_change(self, now: datetime, track: VehicleTrack) -> datetime | None:
+        """For a car waiting for room: when the first car given room should be done."""
+        if self.feeder_kw is None or self._given_at != now or track.vehicle_id in self._given:
+            return None
+        return self._next_free
+
+    def outlook(self, now: datetime, track: VehicleTrack) -> tuple[datetime | None, float]:
+        if self.wants_kw(now, track) <= 0 and track.needs_charge(now):
+            return None, track.soc_estimate(now) or 0.0  # waiting for room: no start time known
+        return super().outlook(now, track)
 
 
 class PriceBook:
@@ -141,16 +230,25 @@ class PriceBook:
         self.slot_s = slot_minutes * 60
         self._price: dict[int, float] = {}
         self._carbon: dict[int, float] = {}
+        #: the network operator's capacity signal (kW per slot), where published
+        self._capacity: dict[int, float] = {}
         #: series already looked up since the last update (cars plugging in within a slot share them)
         self._seen: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def update(self, frame: pd.DataFrame) -> None:
         """Take the known (non-NaN) values of a forecast frame (see ``ForecastUpdated``)."""
         keys = ((frame.index - pd.Timestamp(_EPOCH)) // pd.Timedelta(seconds=1)).to_numpy().tolist()
-        for table, column in ((self._price, "price_gbp_per_kwh"), (self._carbon, "carbon_g_per_kwh")):
-            values = frame[column].to_numpy().tolist()
-            table.update((k, v) for k, v in zip(keys, values) if v == v)
+        for table, column in ((self._price, "price_gbp_per_kwh"), (self._carbon, "carbon_g_per_kwh"),
+                              (self._capacity, "capacity_kw")):
+            if column in frame.columns:
+                values = frame[column].to_numpy().tolist()
+                table.update((k, v) for k, v in zip(keys, values) if v == v)
         self._seen.clear()
+
+    def capacity(self, first: datetime, count: int) -> np.ndarray:
+        """The capacity signal (kW) for ``count`` slots from ``first``; NaN where none."""
+        k0 = int((first - _EPOCH).total_seconds())
+        return np.array([self._capacity.get(k0 + i * self.slot_s, np.nan) for i in range(count)])
 
     def series(self, first: datetime, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Expected price (GBP/kWh) and carbon (gCO2/kWh) for ``count`` slots from ``first``
@@ -186,11 +284,13 @@ class PriceBook:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"price": sorted(self._price.items()), "carbon": sorted(self._carbon.items())}
+        return {"price": sorted(self._price.items()), "carbon": sorted(self._carbon.items()),
+                "capacity": sorted(self._capacity.items())}
 
     def load_json(self, data: Mapping[str, Any]) -> None:
         self._price = {int(k): float(v) for k, v in data["price"]}
         self._carbon = {int(k): float(v) for k, v in data["carbon"]}
+        self._capacity = {int(k): float(v) for k, v in data.get("capacity", [])}
         self._seen.clear()
 
 
@@ -224,6 +324,24 @@ class PlanFollower:
             return None, track.soc_estimate(now) or 0.0
         start = track.plan.charge_start_at
         return (max(start, now) if start is not None else None), track.plan.expected_soc
+
+    def soc_by(self, now: datetime, track: VehicleTrack, when: datetime) -> float:
+        """By the plan: its levels from now to ``when``, along the car's curve."""
+        soc = track.soc_estimate(now) or 0.0
+        plan = track.plan
+        if plan is None:
+            return soc
+        t = now
+        while t < when and soc < track.limit - SOC_TOLERANCE:
+            nxt = min(when, plan.next_change(t) or when)
+            level = plan.level_at(t)
+            if level > 0:
+                curve = track.curve if level >= track.curve.max_kw or not plan.modulated else track.curve.capped(level)
+                soc = min(track.limit, curve.soc_after(soc, (nxt - t).total_seconds() / 3600.0))
+            if nxt <= t:
+                break
+            t = nxt
+        return soc
 
     def snapshot(self) -> dict[str, Any]:
         return {}
@@ -267,14 +385,21 @@ class CarView:
 
     @classmethod
     def of(cls, now: datetime, t: VehicleTrack, modulate: bool, margin: float = 0.0,
-           margin_per_hour: float = 0.0) -> CarView:
+           margin_per_hour: float = 0.0, early_min: float = 0.0) -> CarView:
         caps = t.caps
         settable = settable_levels(caps, t.curve.max_kw) if modulate and caps.can_set_current else None
         # a car whose stop is not yet confirmed by a reading may still be drawing
         charging = t.charging or (t.expect is not None and not t.expect[0])
         age_h = 0.0 if t.soc_at is None else max(0.0, (now - t.soc_at).total_seconds() / 3600.0)
+        deadline = t.deadline
+        if deadline is not None and early_min < 0 and t.session_started is not None:
+            # plan to be ready by when this driver (or drivers like them) may really leave; once
+            # that moment has passed with the car still here, the declared ready-by is the goal
+            early = max(deadline + timedelta(minutes=early_min),
+                        t.session_started + timedelta(minutes=MIN_WINDOW_MIN))
+            deadline = early if early > now else deadline
         return cls(t.vehicle_id, t.curve, t.soc_estimate(now), t.target, t.preferences.min_soc, t.limit,
-                   t.deadline, t.plan, t.escalated or not t.reachable, charging, t.plugged_in, settable,
+                   deadline, t.plan, t.escalated or not t.reachable, charging, t.plugged_in, settable,
                    min(margin + margin_per_hour * age_h, MAX_MARGIN_SOC))
 
     @classmethod
@@ -316,24 +441,56 @@ class CarView:
         return drawing_kw(self.curve, self.soc or 0.0, self.limit, levels, available)
 
 
+def plan_levels(plan: SessionPlan, first: datetime, slot: timedelta, count: int) -> np.ndarray:
+    """A plan's levels (kW) on the grid of ``count`` slots from ``first`` (0 outside the plan)."""
+    out = np.zeros(count)
+    offset = (plan.first - first) // slot
+    levels = plan.levels_kw
+    lo, hi = max(0, offset), min(count, offset + len(levels))
+    if hi > lo:
+        out[lo:hi] = levels[lo - offset:hi - offset]
+    return out
+
+
 class _SmartJob:
     """A smart planning round, on captured views (see :meth:`Smart.prepare`)."""
 
     def __init__(self, smart: Smart, now: datetime, todo: list[CarView], fleet: list[CarView] | None,
-                 first: datetime, price: np.ndarray, carbon: np.ndarray) -> None:
+                 first: datetime, price: np.ndarray, carbon: np.ndarray, base_load: np.ndarray | None = None) -> None:
         self.now, self.todo, self.fleet = now, todo, fleet
         self.first, self.price, self.carbon = first, price, carbon
         self.slot = smart.slot
         self.params = smart.params
         self.feeder_kw = smart.feeder_kw
+        #: the fleet's own load is priced (peak weight, capacity signal, demand charge)
+        self.load_aware = smart.load_aware
+        self.capacity = smart.capacity_series(first, len(price)) if self.load_aware else None
+        self.demand_peak_kw = smart.demand_peak_kw
+        self.starts = [first + i * self.slot for i in range(len(price))]
+        #: the load (kW per slot) of the plugged-in cars not planned here, by their plans' levels
+        self.base_load = base_load
         self.expected_ids = {v.vehicle_id for v in fleet or () if v.expected}
         self.vehicle_ids = tuple(v.vehicle_id for v in (fleet if fleet is not None else todo)
                                  if v.vehicle_id not in self.expected_ids)
 
     def run(self) -> dict[str, SessionPlan]:
         now = self.now
-        if self.feeder_kw is None:
+        if self.feeder_kw is None and not self.load_aware:
             return self._plan(self.todo, None)
+        if self.feeder_kw is None:
+            # no limit, but the fleet's own load has a price: one car at a time, each seeing the
+            # load the others already planned (no herding into the same cheapest slots); the
+            # load is the plans' levels, which is all the price needs
+            load = self.base_load.copy()
+            order = least_slack_order([(v.deadline - now).total_seconds() / 3600.0 for v in self.todo],
+                                      [v.curve for v in self.todo], [v.soc for v in self.todo],
+                                      [v.target for v in self.todo])
+            done = {}
+            for i in order:
+                v = self.todo[i]
+                plan = done[v.vehicle_id] = self._plan([v], load)[v.vehicle_id]
+                load += plan_levels(plan, self.first, self.slot, len(load))
+            return done
         # One car at a time against the headroom the others leave, least slack first. If a car
         # cannot be fitted, the whole site is re-planned in that order, so cars that plugged in
         # early do not keep cheap slots a more urgent car needs.
@@ -385,17 +542,24 @@ class _SmartJob:
             order = least_slack_order([(v.deadline - now).total_seconds() / 3600.0 for v in views],
                                       [v.curve for v in views], [v.soc for v in views], [v.target for v in views])
             views = [views[i] for i in order]
+        # the most the other cars draw at any instant of each slot: those not being planned
+        # here by their current plans, then each car planned here as soon as it is
         pending = {v.vehicle_id for v in views}
+        load = np.zeros(len(self.starts))
+        for o in self.fleet:
+            if o.vehicle_id not in pending:
+                load += o.planned_kw(plans[o.vehicle_id], now, self.starts, self.slot)
         done: dict[str, SessionPlan] = {}
         for v in views:
-            pending.discard(v.vehicle_id)
-            others = [o for o in self.fleet if o.vehicle_id != v.vehicle_id and o.vehicle_id not in pending]
-            plan = self._plan([v], others, plans)[v.vehicle_id]
+            plan = self._plan([v], load, plans)[v.vehicle_id]
             plans[v.vehicle_id] = done[v.vehicle_id] = plan
+            load += v.planned_kw(plan, now, self.starts, self.slot)
         return done
 
-    def _plan(self, views: list[CarView], others: list[CarView] | None,
+    def _plan(self, views: list[CarView], load: np.ndarray | None,
               plans: dict[str, SessionPlan | None] | None = None) -> dict[str, SessionPlan]:
+        """Plan ``views`` together (no load given), or one car against the ``load`` (kW per
+        slot) the others draw: under the feeder's room, and with the fleet's load priced."""
         now, slot = self.now, self.slot
         slot_s = slot.total_seconds()
         first = self.first
@@ -405,11 +569,10 @@ class _SmartJob:
         feeder = None
         starts_at = [(max(now, v.start) if v.start is not None else now) for v in views]
         curves = [v.curve for v in views]
-        if others is not None:
-            residual = np.full(count, float(self.feeder_kw))
-            starts = [first + i * slot for i in range(count)]
-            for o in others:
-                residual -= o.planned_kw(plans[o.vehicle_id], now, starts, slot)
+        if load is not None and self.load_aware:
+            price = price + self._load_price(load[:count], curves[0].max_kw, count)
+        if load is not None and self.feeder_kw is not None:
+            residual = float(self.feeder_kw) - load[:count]
             start = (starts_at[0] - first).total_seconds() / slot_s
             end = min(count, (views[0].deadline - first).total_seconds() / slot_s)
             t = np.arange(count)
@@ -429,6 +592,29 @@ class _SmartJob:
         return {v.vehicle_id: replace(p, expected_soc=min(p.expected_soc, v.target)) for v, p in zip(views, solved)}
 
 
+    def _load_price(self, load: np.ndarray, kw: float, count: int) -> np.ndarray:
+        """What the fleet's own load adds to each slot's price (GBP/kWh) for a car of ``kw``:
+
+        * ``peak_weight_gbp_per_kwh`` × (load + kw/2) / capacity: the marginal cost of a
+          quadratic price on the fleet's load, so cars spread over near-equal slots instead of
+          herding into the cheapest one (capacity: the network operator's signal, or the fleet's
+          total power);
+        * ``capacity_price_gbp_per_kwh`` where the load would go above the capacity signal;
+        * the demand charge (GBP per kW of the month's peak) per kWh, where the load would go
+          above the highest the site has drawn or planned this month.
+        """
+        p = self.params
+        cap = self.capacity[:count]
+        extra = p.peak_weight_gbp_per_kwh * (load + kw / 2.0) / cap
+        if p.capacity_price_gbp_per_kwh:
+            extra = extra + np.where(load + kw > cap + 1e-9, p.capacity_price_gbp_per_kwh, 0.0)
+        if p.demand_charge_gbp_per_kw_month:
+            peak = max(self.demand_peak_kw, float(load.max(initial=0.0)))
+            over = np.clip(load + kw - peak, 0.0, kw)
+            extra = extra + p.demand_charge_gbp_per_kw_month * over / (kw * self.slot.total_seconds() / 3600.0)
+        return extra
+
+
 class Smart(PlanFollower):
     """Plan on what could be known, re-plan on news (see the module docstring).
 
@@ -444,6 +630,11 @@ class Smart(PlanFollower):
         self.book = PriceBook(slot_minutes)
         self.feeder_kw = feeder_kw
         self.modulate = modulate
+        #: the highest load the fleet has planned this billing month (kW), and that month
+        self.demand_peak_kw = 0.0
+        self._month: tuple[int, int] | None = None
+        #: (when, minutes) of the site drivers' early-departure quantile, refreshed every 6 h
+        self._pooled: tuple[datetime, float] | None = None
         #: every car of the site, plugged in or not (the controller sets it when it registers
         #: cars): under a feeder the arrivals the site expects keep room
         self.site_tracks: Callable[[], Iterable[VehicleTrack]] = lambda: ()
@@ -454,8 +645,38 @@ class Smart(PlanFollower):
         self.book.update(event.frame)
         return True
 
+    @property
+    def load_aware(self) -> bool:
+        """Whether plans price the fleet's own load (see ``_SmartJob._load_price``)."""
+        p = self.params
+        return bool(p.peak_weight_gbp_per_kwh or p.capacity_price_gbp_per_kwh or p.demand_charge_gbp_per_kw_month)
+
+    def capacity_series(self, first: datetime, count: int) -> np.ndarray:
+        """Capacity (kW) per slot: the network operator's signal where published, otherwise the
+        total power of the site's cars."""
+        fleet_kw = sum(t.curve.max_kw for t in self.site_tracks()) or 1.0
+        cap = self.book.capacity(first, count)
+        return np.where(np.isnan(cap), fleet_kw, np.maximum(cap, 1e-3))
+
     def _view(self, now: datetime, t: VehicleTrack) -> CarView:
-        return CarView.of(now, t, self.modulate, self.params.plan_margin_soc, self.params.margin_soc_per_hour)
+        return CarView.of(now, t, self.modulate, self.params.plan_margin_soc, self.params.margin_soc_per_hour,
+                          self._early_minutes(now, t))
+
+    def _early_minutes(self, now: datetime, t: VehicleTrack) -> float:
+        """How much before the declared ready-by to plan for (minutes, <= 0): the
+        ``departure_quantile`` of this driver's departures relative to their ready-by, or of all
+        the site's drivers' while theirs are few."""
+        q = self.params.departure_quantile
+        if q <= 0:
+            return 0.0
+        own = t.departures
+        if len(own) >= MIN_DEPARTURES:
+            return min(0.0, float(np.quantile(own, q)))
+        if self._pooled is None or now - self._pooled[0] > timedelta(hours=6):
+            every = [m for x in self.site_tracks() for m in x.departures]
+            prior = -self.params.departure_prior_min  # until drivers' habits are known
+            self._pooled = (now, min(0.0, float(np.quantile(every, q))) if len(every) >= 3 * MIN_DEPARTURES else prior)
+        return self._pooled[1]
 
     def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
                 fleet: Sequence[VehicleTrack]) -> PlanJob | None:
@@ -479,13 +700,40 @@ class Smart(PlanFollower):
         first = _EPOCH + timedelta(seconds=floor((now - _EPOCH).total_seconds() / slot_s) * slot_s)
         count = max(1, ceil((max(v.deadline for v in horizon) - first).total_seconds() / slot_s))
         price, carbon = self.book.series(first, count)
-        return _SmartJob(self, now, todo, views, first, price, carbon)
+        base = None
+        if self.load_aware and self.feeder_kw is None:
+            mine = {v.vehicle_id for v in todo}
+            base = np.zeros(count)
+            for t in fleet:
+                if t.vehicle_id not in mine and t.plan is not None:
+                    base += plan_levels(t.plan, first, self.slot, count)
+            if self.params.demand_charge_gbp_per_kw_month:
+                self._note_peak(now, float(base[:1].max(initial=0.0)))
+        elif self.params.demand_charge_gbp_per_kw_month and views is not None:
+            starts = [first + i * self.slot for i in range(count)]
+            load = np.zeros(count)
+            for v in views:
+                if v.plugged_in:
+                    load += v.planned_kw(v.plan, now, starts, self.slot)
+            self._note_peak(now, float(load[:1].max(initial=0.0)))
+        return _SmartJob(self, now, todo, views, first, price, carbon, base)
+
+    def _note_peak(self, now: datetime, load_now_kw: float) -> None:
+        """Keep the highest load the fleet has drawn by its plans this month (the demand charge
+        is paid once for it: slots under it cost nothing more)."""
+        month = (now.year, now.month)
+        if month != self._month:
+            self._month, self.demand_peak_kw = month, 0.0
+        self.demand_peak_kw = max(self.demand_peak_kw, load_now_kw)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"book": self.book.to_json()}
+        return {"book": self.book.to_json(), "demand_peak_kw": self.demand_peak_kw,
+                "month": None if self._month is None else list(self._month)}
 
     def restore(self, data: Mapping[str, Any]) -> None:
         self.book.load_json(data["book"])
+        self.demand_peak_kw = data["demand_peak_kw"]
+        self._month = None if data["month"] is None else tuple(data["month"])
 
 
 class _Lookup:
@@ -529,6 +777,8 @@ def make_policy(name: str, settings: ControlSettings, *, optimal: Optimal | None
     """
     if name == "uncontrolled":
         return Uncontrolled()
+    if name == "edf":
+        return EarliestDeadlineFirst(settings.feeder_kw)
     if name in ("smart", "smart_onoff"):
         return Smart(settings.slot_minutes, settings.params, settings.feeder_kw, modulate=name == "smart")
     if name == "optimal":

@@ -214,7 +214,7 @@ class VehicleTrack:
         "est_soc", "est_at", "limit", "cap_kw", "amps", "active",
         # session
         "session", "session_started", "deadline", "plan", "disobeyed", "disobeyed_at", "notified",
-        "awaiting_plan", "short_replanned", "held_since", "drawing_until", "history",
+        "awaiting_plan", "short_replanned", "held_since", "drawing_until", "history", "departures",
         # link
         "link", "resume", "pending", "attempts", "not_before",
         # timers and verification
@@ -263,6 +263,8 @@ class VehicleTrack:
         self.drawing_until: datetime | None = None
         #: recent sessions: (plug-in minute of the UTC day, SoC it needed to its target)
         self.history: list[tuple[int, float]] = []
+        #: recent sessions: minutes from the declared ready-by to the unplug (negative: early)
+        self.departures: list[float] = []
         self.link = Link.READY
         #: the link state a back-off returns to
         self.resume = Link.READY
@@ -336,8 +338,11 @@ class VehicleTrack:
         self.retry_kind = None
         self.check_at = None
 
-    def end_session(self) -> None:
-        """A reading showed the car unplugged."""
+    def end_session(self, unplugged_at: datetime | None = None) -> None:
+        """A reading showed the car unplugged (at ``unplugged_at``)."""
+        if unplugged_at is not None and self.deadline is not None:
+            minutes = (unplugged_at - self.deadline).total_seconds() / 60.0
+            self.departures = (self.departures + [round(minutes, 1)])[-HISTORY:]
         self.session = Session.UNPLUGGED
         self.session_started = None
         self.deadline = None
@@ -424,6 +429,8 @@ class VehicleTrack:
                 value = None if value is None else [_iso(value[0]), value[1]]
             elif name == "history":
                 value = [list(h) for h in value]
+            elif name == "departures":
+                value = list(value)
             elif name == "expect":
                 value = None if value is None else [value[0], value[1].isoformat(), value[2]]
             elif isinstance(value, datetime):

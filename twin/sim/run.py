@@ -96,6 +96,9 @@ def publications(scenario: Scenario, signals: Signals) -> list[tuple[datetime, p
     frame = signals.frame[["price_forecast_gbp_per_kwh", "carbon_forecast_g_per_kwh"]].rename(
         columns={"price_forecast_gbp_per_kwh": "price_gbp_per_kwh", "carbon_forecast_g_per_kwh": "carbon_g_per_kwh"}
     )
+    capacity = site_capacity(scenario, frame.index)
+    if capacity is not None:
+        frame = frame.assign(capacity_kw=capacity)  # a network operator's signal, known ahead
     t0 = pd.Timestamp(signals.start)
     pub = scenario.signals.publication
     if pub is None:
@@ -124,6 +127,20 @@ def publications(scenario: Scenario, signals: Signals) -> list[tuple[datetime, p
         out.append((when.to_pydatetime(), known(when, when)))
         when += pd.Timedelta(days=1)
     return out
+
+
+def site_capacity(scenario: Scenario, index: pd.DatetimeIndex) -> np.ndarray | None:
+    """The site's capacity signal (kW) per slot of ``index``, or None when the scenario gives none."""
+    site = scenario.site
+    if site.capacity_kw is not None:
+        return np.full(len(index), float(site.capacity_kw))
+    if site.capacity_csv is not None:
+        from twin.scenario import SignalShape
+        from twin.signals import _from_csv
+
+        return _from_csv(SignalShape(csv=site.capacity_csv, column="capacity_kw"), "capacity", index,
+                         scenario.base_dir)
+    return None
 
 
 @dataclass
@@ -307,6 +324,9 @@ def finish(twin: Twin, wall_seconds: float = 0.0) -> SimulationResult:
         log=world.log,
         controller_stats=twin.controller.stats,
         oem_stats=_sum_stats(set(twin.adapters.values())),
+        site_limit_kw=twin.scenario.site.feeder_kw,
+        demand_charge_gbp_per_kw_month=twin.scenario.site.demand_charge_gbp_per_kw_month,
+        demand_window_minutes=twin.scenario.site.demand_window_minutes,
     )
     result.wall_seconds = wall_seconds
     return result
@@ -325,7 +345,7 @@ def simulate(
     Parameters
     ----------
     scenario : a :class:`~twin.scenario.Scenario`, a path to a YAML file, or a mapping.
-    policy : ``uncontrolled``, ``smart``, ``smart_onoff`` or ``optimal`` (default: the scenario's
+    policy : ``uncontrolled``, ``edf``, ``smart``, ``smart_onoff`` or ``optimal`` (default: the scenario's
         ``policy``).
     seed : overrides the scenario's seed.
     progress : called with the fraction of simulated time done, every few simulated hours.
