@@ -89,7 +89,8 @@ class ControlParams:
     # ready-by (their own history, or the site's drivers' while theirs is short), when that is
     # earlier: a driver who leaves early still finds the charge. 0: plan to the declared time.
     departure_quantile: float = 0.01
-    # Before any departures are known, plan to be ready this many minutes before ready-by.
+    # Before any departures are known, plan to be ready this many minutes before ready-by
+    # (not under a site limit, where an earlier aim takes room the other cars need).
     departure_prior_min: float = 60.0
 
 

@@ -544,7 +544,7 @@ class Controller:
         track.notified = (start, soc)
         early = None
         if track.deadline is not None and track.deadline - timedelta(hours=1) > now:
-            early = self.policy.soc_by(now, track, track.deadline - timedelta(hours=1))
+            early = min(soc, self.policy.soc_by(now, track, track.deadline - timedelta(hours=1)))
         self._notify(Notify(track.vehicle_id, self.new_id(), topic="plan" if last is None else "plan_changed",
                             charge_start_at=start, expected_soc=soc, ready_by=track.deadline,
                             soc_hour_early=early))

@@ -633,8 +633,9 @@ class Smart(PlanFollower):
         #: the highest load the fleet has planned this billing month (kW), and that month
         self.demand_peak_kw = 0.0
         self._month: tuple[int, int] | None = None
-        #: (when, minutes) of the site drivers' early-departure quantile, refreshed every 6 h
-        self._pooled: tuple[datetime, float] | None = None
+        #: (the departures it was computed from, minutes) of the site drivers' early-departure
+        #: quantile (see ``_pool``)
+        self._pooled: tuple[tuple[int, float], float] | None = None
         #: every car of the site, plugged in or not (the controller sets it when it registers
         #: cars): under a feeder the arrivals the site expects keep room
         self.site_tracks: Callable[[], Iterable[VehicleTrack]] = lambda: ()
@@ -671,15 +672,29 @@ class Smart(PlanFollower):
             return 0.0
         own = t.departures
         if len(own) >= MIN_DEPARTURES:
-            return min(0.0, float(np.quantile(own, q)))
-        if self._pooled is None or now - self._pooled[0] > timedelta(hours=6):
-            every = [m for x in self.site_tracks() for m in x.departures]
-            prior = -self.params.departure_prior_min  # until drivers' habits are known
-            self._pooled = (now, min(0.0, float(np.quantile(every, q))) if len(every) >= 3 * MIN_DEPARTURES else prior)
+            return min(0.0, float(floor(np.quantile(own, q))))  # whole minutes, like a ready-by
         return self._pooled[1]
+
+    def _pool(self) -> None:
+        """Refresh the site drivers' early-departure quantile when a departure was recorded
+        since (a function of the recorded departures only, so every host and a restored
+        controller plan alike)."""
+        q = self.params.departure_quantile
+        if q <= 0:
+            return
+        tracks = [x.departures for x in self.site_tracks() if x.departures]
+        key = (sum(len(d) for d in tracks), sum(d[-1] for d in tracks))
+        if self._pooled is not None and self._pooled[0] == key:
+            return
+        every = [m for d in tracks for m in d]
+        # until drivers' habits are known; not under a site limit, where the room an earlier
+        # aim takes is room the other cars need (a tight site then leaves cars short)
+        prior = -self.params.departure_prior_min if self.feeder_kw is None else 0.0
+        self._pooled = (key, min(0.0, float(floor(np.quantile(every, q)))) if len(every) >= 3 * MIN_DEPARTURES else prior)
 
     def prepare(self, now: datetime, tracks: Sequence[VehicleTrack],
                 fleet: Sequence[VehicleTrack]) -> PlanJob | None:
+        self._pool()
         todo = [v for v in (self._view(now, t) for t in tracks) if v.plannable(now)]
         if not todo:
             return None

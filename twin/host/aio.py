@@ -153,7 +153,9 @@ class AsyncDriver(Host):
                 timeout = None
                 wake_at = self.controller.wake_at
                 if wake_at is not None:
-                    timeout = max(0.0, (wake_at - self.clock.now()).total_seconds())
+                    # in seconds since the clock's start, as the SimPy driver counts: the
+                    # difference of two rounded datetimes would land up to a microsecond off
+                    timeout = max(0.0, (wake_at - self.clock.start).total_seconds() - self.clock.seconds)
                 if until_s is not None:
                     left = until_s - self.clock.seconds
                     timeout = left if timeout is None else min(timeout, left)
