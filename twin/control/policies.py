@@ -142,7 +142,9 @@ class Uncontrolled:
 
     def soc_by(self, now: datetime, track: VehicleTrack, when: datetime) -> float:
         soc = track.soc_estimate(now) or 0.0
-        return min(max(track.target, soc), track.curve.soc_after(soc, max(0.0, (when - now).total_seconds() / 3600.0)))
+        if soc >= track.target:
+            return soc
+        return min(track.target, track.curve.soc_after(soc, max(0.0, (when - now).total_seconds() / 3600.0)))
 
     def snapshot(self) -> dict[str, Any]:
         return {}

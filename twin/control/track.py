@@ -341,8 +341,10 @@ class VehicleTrack:
     def end_session(self, unplugged_at: datetime | None = None) -> None:
         """A reading showed the car unplugged (at ``unplugged_at``)."""
         if unplugged_at is not None and self.deadline is not None:
-            minutes = (unplugged_at - self.deadline).total_seconds() / 60.0
-            self.departures = (self.departures + [round(minutes, 1)])[-HISTORY:]
+            departures = self.departures
+            departures.append(round((unplugged_at - self.deadline).total_seconds() / 60.0, 1))
+            if len(departures) > HISTORY:
+                del departures[0]
         self.session = Session.UNPLUGGED
         self.session_started = None
         self.deadline = None
@@ -443,7 +445,7 @@ class VehicleTrack:
         for name in self.STATE:
             if name == "active":
                 continue
-            value = d[name]
+            value = d.get(name, []) if name == "departures" else d[name]  # absent before departures were kept
             if name == "preferences":
                 value = preferences_from_json(value)
             elif name == "plan":
