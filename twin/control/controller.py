@@ -580,10 +580,9 @@ class Controller:
         if not track.plugged_in or track.awaiting_plan is not None:
             return None
         plan = track.plan
-        if plan is None and self._waits:
-            self._follow(now, track)  # when the car's turn may come
+        if plan is not None or self._waits:
+            self._follow(now, track)  # the plan's next switch, or when a plan-free turn may come
         if plan is not None:
-            self._follow(now, track)
             if not track.short_replanned and self._ran_short(now, track, plan):
                 # the plan is over but the car is short of what it promised: plan the rest, once
                 # (a policy whose new plan is the same, like the optimal replay, is not asked again)
