@@ -3,13 +3,15 @@
 OEM heads and token refreshes run as coroutines in two worlds: on an asyncio loop live (and in
 virtual time in tests), and inside the SimPy twin. Neither world's primitives work in the other,
 so heads take a :class:`Clock` and use only what it offers: the time, ``sleep``, timers, and a
-:meth:`Clock.create_future` that one coroutine resolves and others await.
+:meth:`Clock.create_future` that one coroutine resolves and others await, and
+:meth:`Clock.spawn`, which runs a coroutine on its own so that it completes even when the
+caller that started it stops waiting (a request that reached a cloud is carried out there).
 :class:`twin.sim.clock.SimClock` and :class:`twin.host.aio.AsyncClock` implement it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -43,3 +45,7 @@ class Clock(Protocol):
     def call_later(self, seconds: float, callback: Callable[[], None]) -> None: ...
 
     def create_future(self) -> Future: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> Future:
+        """Run ``coro`` independently; the future gets its result or exception. Cancelling
+        whoever awaits the future does not cancel ``coro``."""

@@ -341,6 +341,20 @@ class OEMProfile(_Model):
         None, description="the charging current can be set (Tesla set_charging_amps); null: start/stop only"
     )
     charge_limit_control: bool = Field(False, description="the car's charge limit can be set through the API")
+    api: str | None = Field(
+        None, description="the OEM API this cloud speaks when the run goes over HTTP (oem_transport: http): "
+                          "a registered head, e.g. smartcar or tesla"
+    )
+
+    @field_validator("api")
+    @classmethod
+    def _api(cls, v: str | None) -> str | None:
+        if v is not None:
+            from adapters import HEADS  # the registry of heads; imported on use
+
+            if v not in HEADS:
+                raise ValueError(f"unknown OEM API '{v}'; the registered heads are {', '.join(sorted(HEADS))}")
+        return v
 
 
 class SignalShape(_Model):
@@ -526,6 +540,10 @@ class Scenario(_Model):
     site: SiteModel = SiteModel()
     control: ControlModel = ControlModel()
     checks: ChecksModel | None = None
+    oem_transport: Literal["direct", "http"] = Field(
+        "direct", description="direct: the controller calls the simulated clouds; http: every OEM call goes "
+                              "through the profile's head (its HTTP client) to its emulator, in virtual time"
+    )
     #: where relative paths in the file are resolved (not part of the file)
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -569,6 +587,20 @@ class Scenario(_Model):
                     f"{where} uses OEM profile '{oem}', which is not in oem_profiles "
                     f"({', '.join(sorted(self.oem_profiles)) or 'none defined'})"
                 )
+        if self.oem_transport == "http":
+            from adapters import head
+
+            used = sorted({g.oem for g in self.fleet} | ({self.sessions.oem} if self.sessions else set()))
+            problems = []
+            for name in used:
+                profile = self.oem_profiles[name]
+                if profile.api is None:
+                    problems.append(f"oem_profiles.{name}.api: name the OEM API the run talks over HTTP "
+                                    f"(oem_transport: http), e.g. smartcar or tesla")
+                    continue
+                problems += [f"oem_profiles.{name}.{p}" for p in head(profile.api).problems(profile)]
+            if problems:
+                raise ValueError("oem_transport http: " + "; ".join(problems))
         return self
 
     def control_settings(self) -> ControlSettings:

@@ -1,8 +1,9 @@
 """The Smartcar head: :class:`twin.oem.OEMAdapter` over the Smartcar v2.0 Vehicles API.
 
-Reads combine ``GET /v2.0/vehicles/{id}/battery`` (``percentRemaining``, a fraction 0..1) and
-``GET /v2.0/vehicles/{id}/charge`` (``isPluggedIn``, ``state``); a reading is dated by the
-``sc-data-age`` response header (when the car recorded the data), the older of the two.
+A read is one ``POST /v2.0/vehicles/{id}/batch`` of ``/battery`` (``percentRemaining``, a
+fraction 0..1) and ``/charge`` (``isPluggedIn``, ``state``), each answer with its own code; a
+reading is dated by the answers' ``sc-data-age`` headers (when the car recorded the data), the
+older of the two.
 Commands are ``POST .../charge`` (``{"action": "START"|"STOP"}``) and ``POST .../charge/limit``
 (``{"limit": 0.5..1}``). Smartcar's v2 API has no wake and no charging-current endpoint, so
 :meth:`SmartcarClient.wake` and :meth:`SmartcarClient.set_charging_current` are refused as
@@ -89,15 +90,18 @@ class SmartcarClient:
     """
 
     name = "smartcar"
-    #: Smartcar publishes no fixed quotas: throttling is learnt from 429s
+    #: Smartcar publishes no fixed quotas: throttling is learnt from 429s unless the
+    #: application's plan is given (``rate_limits``)
     rate_limits: tuple[RateBudget, ...] = ()
 
     def __init__(self, tokens: AccountTokens, *, vehicles: Mapping[str, str] | None = None,
                  webhooks: SmartcarWebhooks | None = None, api_origin: str = API_ORIGIN,
                  transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 unit_system: Literal["metric", "imperial"] = "metric") -> None:
+                 unit_system: Literal["metric", "imperial"] = "metric",
+                 rate_limits: tuple[RateBudget, ...] = ()) -> None:
         self.tokens = tokens
         self.webhooks = webhooks
+        self.rate_limits = tuple(rate_limits)
         self._accounts: dict[str, str] = dict(vehicles or {})
         self._unit_system = unit_system
         self._http = httpx.AsyncClient(base_url=api_origin.rstrip("/") + "/v2.0", transport=transport,
@@ -165,11 +169,18 @@ class SmartcarClient:
     # -- reads --------------------------------------------------------------------------------
 
     async def read(self, vehicle_id: str) -> VehicleReading:
-        """SoC, plug and charging state, dated when the car recorded them."""
+        """SoC, plug and charging state, dated when the car recorded them: one batch request
+        (``POST .../batch`` for ``/battery`` and ``/charge``), so a reading costs one call."""
         account = self._account(vehicle_id)
-        battery, battery_headers = await self._call(vehicle_id, account, "GET", f"/vehicles/{vehicle_id}/battery", "read")
+        body, _ = await self._call(vehicle_id, account, "POST", f"/vehicles/{vehicle_id}/batch", "read",
+                                   json_body={"requests": [{"path": "/battery"}, {"path": "/charge"}]})
+        items = body.get("responses")
+        if not isinstance(items, list):
+            raise TransientUpstream(vehicle_id, "Smartcar batch answer without a responses list")
+        by_path = {item.get("path"): item for item in items if isinstance(item, dict)}
+        battery, battery_headers = _batch_item(vehicle_id, account, by_path, "/battery")
+        charge, charge_headers = _batch_item(vehicle_id, account, by_path, "/charge")
         soc = _fraction(vehicle_id, battery, "percentRemaining", 0.0, 1.0)
-        charge, charge_headers = await self._call(vehicle_id, account, "GET", f"/vehicles/{vehicle_id}/charge", "read")
         plugged = charge.get("isPluggedIn")
         state = charge.get("state")
         if not isinstance(plugged, bool):
@@ -254,9 +265,19 @@ class SmartcarClient:
         return self.webhooks.parse(headers, body)
 
     def subscribe(self, sink: Callable[[VehicleReading], None]) -> None:
-        """Accepted and kept; Smartcar pushes over HTTP only, to the route that calls
-        :meth:`parse_webhook`, so the sink is not invoked by this head."""
+        """``sink`` receives the readings of every delivery :meth:`receive` accepts (Smartcar
+        pushes over HTTP only: the web route that takes deliveries calls :meth:`receive`)."""
         self._sinks.append(sink)
+
+    def receive(self, headers: Mapping[str, str], body: bytes) -> list[VehicleReading]:
+        """A webhook delivery as a route gets it: verified and de-duplicated
+        (:meth:`parse_webhook`), its readings handed to the subscribed sinks and returned.
+        Raises :class:`WebhookRejected` (answer 4xx; nothing reaches the sinks)."""
+        readings = self.parse_webhook(headers, body)
+        for reading in readings:
+            for sink in self._sinks:
+                sink(reading)
+        return readings
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -357,6 +378,22 @@ def error_for(vehicle_id: str, account_id: str, response: httpx.Response, kind: 
         return ReauthorizationRequired(vehicle_id, account_id, what)
     # SERVER, UPSTREAM and anything undocumented
     return TransientUpstream(vehicle_id, what)
+
+
+def _batch_item(vehicle_id: str, account: str, by_path: dict[Any, dict[str, Any]],
+                path: str) -> tuple[dict[str, Any], httpx.Headers]:
+    """One answer of a batch: its body and headers, or the typed error of its own code."""
+    item = by_path.get(path)
+    if item is None:
+        raise TransientUpstream(vehicle_id, f"Smartcar batch answer without {path}")
+    code, body, headers = item.get("code"), item.get("body"), item.get("headers", {})
+    if not _is_int(code) or not isinstance(body, dict) or not isinstance(headers, dict) \
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise TransientUpstream(vehicle_id, f"Smartcar batch answer for {path} is not a code, headers and body")
+    if code != 200:
+        response = httpx.Response(code, headers=headers, content=json.dumps(body).encode())
+        raise error_for(vehicle_id, account, response, "read")
+    return body, httpx.Headers(headers)
 
 
 def _json(content: bytes) -> object:

@@ -31,6 +31,7 @@ head does not receive): cars are polled, ``subscribe`` never calls its sink and
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections import OrderedDict
@@ -42,7 +43,7 @@ from typing import Any
 import httpx
 
 from twin.auth import AccountTokens
-from twin.clock import Clock, Future
+from twin.clock import Clock
 from twin.oem import (
     AuthExpired,
     CallTimeout,
@@ -229,14 +230,18 @@ class TeslaFleetClient:
     polling). ``region`` picks the base URL (``na``, ``eu``, ``cn``) unless ``base_url`` is
     given; ``transport`` replaces the network (``httpx.MockTransport`` in tests). ``accounts``
     maps VINs to accounts for cars known before :meth:`discover`. The API does not report the
-    lowest settable current: ``min_amps`` supplies it.
+    lowest settable current: ``min_amps`` supplies it. Until a reading reports the car's own
+    (``charge_current_request_max``, the supply's voltage and phases while charging),
+    ``max_amps`` (the charger's rating; ``None``: the current is not settable yet), ``volts`` and
+    ``phases`` stand in.
     """
 
     def __init__(self, tokens: AccountTokens, clock: Clock, *, region: str = "na", base_url: str | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, timeout_s: float = 30.0,
                  accounts: Mapping[str, str] | None = None, min_amps: float = 5.0,
                  rate_limits: tuple[RateBudget, ...] = DEFAULT_RATE_LIMITS, wake_timeout_s: float = 60.0,
-                 wake_interval_s: float = 2.0, wake_backoff: float = 1.15, name: str = "tesla") -> None:
+                 wake_interval_s: float = 2.0, wake_backoff: float = 1.15, name: str = "tesla",
+                 max_amps: float | None = None, volts: float = 230.0, phases: int = 1) -> None:
         if base_url is None:
             if region not in REGIONS:
                 raise ValueError(f"unknown Tesla region {region!r}; use one of {sorted(REGIONS)}")
@@ -245,6 +250,8 @@ class TeslaFleetClient:
         self.rate_limits = rate_limits
         self.base_url = base_url
         self.min_amps = float(min_amps)
+        self.max_amps = None if max_amps is None else float(max_amps)
+        self._volts, self._phases = float(volts), int(phases)
         self.wake_timeout_s = wake_timeout_s
         self.wake_interval_s = wake_interval_s
         self.wake_backoff = wake_backoff
@@ -252,9 +259,11 @@ class TeslaFleetClient:
         self._clock = clock
         self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout_s,
                                        headers={"Content-Type": "application/json", "Accept": "application/json"})
-        self._vehicles: dict[str, _Vehicle] = {vin: _Vehicle(acct) for vin, acct in (accounts or {}).items()}
+        self._vehicles: dict[str, _Vehicle] = {}
+        for vin, acct in (accounts or {}).items():
+            self._add(vin, acct)
         self._acked: OrderedDict[str, None] = OrderedDict()
-        self._inflight: dict[str, list[Future]] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         #: HTTP requests sent and commands de-duplicated (for KPIs and tests)
         self.stats = {"requests": 0, "duplicates": 0, "token_retries": 0}
 
@@ -273,7 +282,7 @@ class TeslaFleetClient:
         """Polled, sleeps, charge limit settable; the current is settable once a reading
         reported ``charge_current_request_max``."""
         car = self._car(vehicle_id)
-        top = None if car.charge is None else car.charge.charge_current_request_max
+        top = self.max_amps if car.charge is None else car.charge.charge_current_request_max
         current: dict[str, Any] = {}
         if top is not None and top >= self.min_amps:
             current = {"min_amps": self.min_amps, "max_amps": float(top), "amps_step": 1.0}
@@ -307,7 +316,7 @@ class TeslaFleetClient:
         for vin, state in found:
             car = self._vehicles.get(vin)
             if car is None or car.account != account_id:
-                car = self._vehicles[vin] = _Vehicle(account_id)
+                car = self._add(vin, account_id)
             car.state = state
             out.append(DiscoveredVehicle(vin, account_id, self.capabilities(vin)))
         return out
@@ -386,40 +395,35 @@ class TeslaFleetClient:
 
     async def _command(self, vehicle_id: str, key: str, command: str, body: dict[str, Any]) -> None:
         """Send ``command`` once per ``key``: a key already acknowledged returns at once, and a
-        call arriving while the same key is in flight shares its outcome."""
+        call arriving while the same key is in flight shares its outcome. A caller that stops
+        waiting (a call timeout) does not cancel a command already on its way."""
         car = self._car(vehicle_id)
         if key in self._acked:
             self.stats["duplicates"] += 1
             return
-        waiting = self._inflight.get(key)
-        if waiting is not None:
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._send_command(vehicle_id, car.account, key, command, body))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done, k=key: self._settled(k, done))
+        else:
             self.stats["duplicates"] += 1
-            future = self._clock.create_future()
-            waiting.append(future)
-            outcome = await future
-            if outcome is not None:
-                raise outcome
-            return
-        self._inflight[key] = waiting = []
-        outcome: OEMError | None = TransientUpstream(vehicle_id, f"{command} was interrupted; outcome unknown")
-        try:
-            response = await self._call("POST", f"/api/1/vehicles/{vehicle_id}/command/{command}", vehicle_id,
-                                        car.account, json=body, command=True)
-            self._result(vehicle_id, response)
-            outcome = None
-            self._acked[key] = None
-            if len(self._acked) > _REMEMBER:
-                self._acked.popitem(last=False)
-        except OEMError as exc:
-            outcome = exc
-            raise
-        finally:  # also when cancelled (a call timeout): never strand the waiters
-            del self._inflight[key]
-            for future in waiting:
-                try:
-                    future.set_result(outcome)
-                except Exception:  # noqa: BLE001 - that waiter was cancelled meanwhile
-                    pass
+        await asyncio.shield(task)
+
+    async def _send_command(self, vehicle_id: str, account: str, key: str, command: str, body: dict[str, Any]) -> None:
+        response = await self._call("POST", f"/api/1/vehicles/{vehicle_id}/command/{command}", vehicle_id,
+                                    account, json=body, command=True)
+        self._result(vehicle_id, response)
+        self._acked[key] = None
+        if len(self._acked) > _REMEMBER:
+            self._acked.popitem(last=False)
+
+    def _settled(self, key: str, task: asyncio.Task[None]) -> None:
+        """A command finished: no longer in flight (its outcome is read here too, so one no
+        caller waited for is not reported as unretrieved)."""
+        self._inflight.pop(key, None)
+        if not task.cancelled():
+            task.exception()
 
     @staticmethod
     def _result(vehicle_id: str, response: Any) -> None:
@@ -442,6 +446,11 @@ class TeslaFleetClient:
         return response["state"]
 
     # -- the wire -----------------------------------------------------------------------------
+
+    def _add(self, vin: str, account: str) -> _Vehicle:
+        car = self._vehicles[vin] = _Vehicle(account)
+        car.volts, car.phases = self._volts, self._phases
+        return car
 
     def _car(self, vehicle_id: str) -> _Vehicle:
         car = self._vehicles.get(vehicle_id)

@@ -1,11 +1,18 @@
-"""Heads the conformance suite runs against: add ``(name, factory)`` pairs for each new head
-(its client against its emulator in-process, and over a loopback socket)."""
+"""Heads the conformance suite runs against: the simulated cloud, and each registered HTTP head
+(``adapters.HEADS``) against its emulator, in-process (``httpx.ASGITransport``, virtual time) and
+over a loopback socket (uvicorn on 127.0.0.1). A new head registered there is checked here
+without a change to this file."""
+
+from functools import partial
 
 import pytest
 
-from harness import SimHarness
+import adapters
+from harness import AsgiHarness, SimHarness, SocketHarness
 
 HEADS = [("simulated", SimHarness)]
+for _name in sorted(adapters.HEADS):
+    HEADS += [(f"{_name}-asgi", partial(AsgiHarness, _name)), (f"{_name}-socket", partial(SocketHarness, _name))]
 
 
 @pytest.fixture(params=[factory for _, factory in HEADS], ids=[name for name, _ in HEADS])

@@ -12,10 +12,17 @@ cloud is the twin itself; an HTTP head points its client at its emulator, in-pro
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+import httpx
 import numpy as np
+import pytest
+import uvicorn
+
+import adapters
 
 from twin.battery import ChargeCurve
 from twin.host.aio import AsyncClock, VirtualTimeLoop
@@ -29,8 +36,21 @@ CARS = {"car-a": "acct-1", "car-b": "acct-1", "car-c": "acct-2"}
 CURVE = ChargeCurve(battery_kwh=60, charger_kw=11, vehicle_kw=11, efficiency=0.9, knee_soc=0.8, floor_kw=2)
 
 
+#: every optional part of the protocol (a head has those its API has)
+ALL_FEATURES = frozenset({"push", "wake", "current", "charge_limit"})
+
+#: what each HTTP head's emulator is run with unless a test says otherwise: the parts of a
+#: profile its API always has (see each head's ``problems``)
+BASE_PROFILE = {
+    "smartcar": {"charge_limit_control": True},
+    "tesla": {"push": False, "charge_limit_control": True, "soc_step": 0.01},
+}
+
+
 class Harness(Protocol):
     adapter: OEMAdapter
+    #: the optional parts of the protocol the head has (``ALL_FEATURES`` for the simulated one)
+    features: frozenset[str]
 
     def run(self, coro) -> Any:
         """Run ``coro`` to completion in the head's time (virtual or real)."""
@@ -62,6 +82,8 @@ class Harness(Protocol):
 
 class SimHarness:
     """SimulatedOEM on a virtual-time asyncio loop."""
+
+    features = ALL_FEATURES
 
     def __init__(self, profile: dict[str, Any]) -> None:
         self.loop = VirtualTimeLoop()
@@ -106,3 +128,148 @@ class SimHarness:
 
     def close(self) -> None:
         self.loop.close()
+
+
+class _Emulated:
+    """What the HTTP harnesses share: a simulated cloud behind a head's emulator."""
+
+    def _build(self, head_name: str, profile: dict[str, Any], clock) -> OEMProfile:
+        self.head = adapters.head(head_name)
+        self.features = self.head.features
+        merged = OEMProfile(**{**BASE_PROFILE.get(head_name, {}), **profile})
+        problems = self.head.problems(merged)
+        if problems:
+            pytest.skip(f"{head_name} cannot serve this profile: {'; '.join(problems)}")
+        self.clock = clock
+        self.cars = {vid: Car(i, vid, CURVE, soc=0.5, autostart=False) for i, vid in enumerate(CARS)}
+        self.world = World(list(self.cars.values()), session_count=len(CARS))
+        self.cloud = SimulatedOEM("sim", merged, self.world, clock, list(self.cars.values()), np.random.default_rng(1),
+                                  frozenset(), CARS)
+        self.app = self.head.emulator(self.cloud)
+        return merged
+
+    def plug_in(self, vehicle_id: str, soc: float = 0.5) -> None:
+        car = self.cars[vehicle_id]
+        self.world.plug_in(car, self.clock.seconds, car.index, soc, 0.9)
+
+    def charging(self, vehicle_id: str) -> bool:
+        car = self.cars[vehicle_id]
+        self.world.advance(car, self.clock.seconds)
+        return car.charging
+
+    def commands_reached(self) -> int:
+        return self.cloud.stats["calls"]
+
+    def token_refreshes(self) -> int:
+        return self.cloud.stats["token_refreshes"]
+
+    def revoke(self, account_id: str) -> None:
+        self.cloud.revoke(account_id)
+
+    def forget(self, vehicle_id: str) -> None:
+        self.cloud.forget(vehicle_id)
+
+    def webhook(self, readings):
+        from adapters.smartcar.emulator import webhook_delivery
+        from adapters.smartcar.head import MANAGEMENT_TOKEN
+
+        if self.head.name != "smartcar":
+            pytest.skip(f"{self.head.name} sends no webhooks")
+        [reading] = readings
+        return webhook_delivery(reading, MANAGEMENT_TOKEN, event_id=f"evt-{time.monotonic_ns()}", user_id="acct-1",
+                                delivered_ms=round(self.clock.now().timestamp() * 1000))
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+
+class AsgiHarness(_Emulated):
+    """A head's client against its emulator in-process (``httpx.ASGITransport``), in virtual
+    time: the emulator's latencies and the test's waits take no wall time."""
+
+    def __init__(self, head_name: str, profile: dict[str, Any]) -> None:
+        self.loop = VirtualTimeLoop()
+        self._build(head_name, profile, AsyncClock(T0, self.loop))
+        self.adapter = self.head.connect(self.cloud, "http://emulator.test", httpx.ASGITransport(self.app),
+                                         self.clock).adapter
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def advance(self, seconds: float) -> None:
+        self.run(asyncio.sleep(seconds))
+
+    def close(self) -> None:
+        self.run(self.adapter.aclose())
+        self.loop.close()
+
+
+class SkipClock:
+    """Wall time plus an offset that waits add to (a :class:`twin.clock.Clock` shared by the
+    test's thread and the server's): the emulator's latencies and the test's ``advance`` move
+    time forward at once, so a socket test of a cloud with 20 s wakes runs in milliseconds."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self._t0 = time.monotonic()
+        self.offset = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self._t0 + self.offset
+
+    def now(self) -> datetime:
+        return self.start + timedelta(seconds=self.seconds)
+
+    def at(self, seconds: float) -> datetime:
+        return self.start + timedelta(seconds=seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.offset += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+    def call_later(self, seconds: float, callback) -> None:
+        asyncio.get_running_loop().call_soon(callback)
+
+    def create_future(self):
+        return asyncio.get_running_loop().create_future()
+
+    def spawn(self, coro):
+        from twin.host.aio import _spawn
+
+        return _spawn(asyncio.get_running_loop(), coro)
+
+
+class SocketHarness(_Emulated):
+    """A head's client against its emulator served by uvicorn on 127.0.0.1 (a real socket, a
+    real HTTP/1.1 server), started here and stopped by :meth:`close`."""
+
+    def __init__(self, head_name: str, profile: dict[str, Any]) -> None:
+        self._build(head_name, profile, SkipClock(T0))
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="emulator", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the emulator's uvicorn server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.loop = asyncio.new_event_loop()
+        self.adapter = self.head.connect(self.cloud, self.base_url, None, self.clock).adapter
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.offset += seconds
+
+    def close(self) -> None:
+        self.run(self.adapter.aclose())
+        self.loop.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

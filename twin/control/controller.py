@@ -58,7 +58,7 @@ from twin.control.events import (
 )
 from twin.control.planning import flat_out_plan
 from twin.control.policies import Policy
-from twin.control.track import Link, ManagedVehicle, Session, SessionPlan, VehicleTrack
+from twin.control.track import READING_RESOLUTION, Link, ManagedVehicle, Session, SessionPlan, VehicleTrack
 from twin.domain import SOC_TOLERANCE, Preferences
 from twin.oem import (
     CommandRejected, RateBudget, RateLimited, ReauthorizationRequired, UnknownVehicle, VehicleAsleep,
@@ -382,7 +382,7 @@ class Controller:
         self._dirty.add(track.vehicle_id)
         seen = track.soc_at if track.est_at is None or (track.soc_at is not None and track.soc_at > track.est_at) \
             else track.est_at
-        if seen is not None and reading.taken_at < seen:
+        if seen is not None and reading.taken_at < seen - READING_RESOLUTION:
             return  # older than what we already know (a cache, or out-of-order delivery)
         if reading.plugged_in and not track.plugged_in:
             self._session_start(track, reading)
@@ -390,7 +390,7 @@ class Controller:
             self._session_end(track, reading.taken_at)
         # verification: only a reading taken after the command can judge it
         expect = track.expect
-        if expect is not None and reading.taken_at >= expect[1] and reading.plugged_in:
+        if expect is not None and reading.taken_at >= expect[1] - READING_RESOLUTION and reading.plugged_in:
             self._verify(now, track, reading, expect[0], expect[2])
         elif track.disobeyed_at is not None and not reading.charging:
             track.disobeyed_at = None  # seen stopped since it disobeyed: nothing is overdue

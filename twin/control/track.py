@@ -57,6 +57,9 @@ __all__ = ["Link", "Session", "SessionPlan", "ManagedVehicle", "VehicleTrack", "
 # A SoC reported more than one 1 % reporting step (plus slack) above the SoC at a stop means the
 # car charged on after it.
 CHARGED_SINCE_SOC = 0.011
+#: clouds date readings to the millisecond (Tesla's ``timestamp``, Smartcar's ``oemUpdatedAt``):
+#: a reading dated less than this before an instant the host knows may have been taken after it
+READING_RESOLUTION = timedelta(milliseconds=1)
 # Sessions a car remembers to expect its next one (two weeks of daily use).
 HISTORY = 14
 
@@ -361,7 +364,7 @@ class VehicleTrack:
 
     def record(self, reading: VehicleReading) -> None:
         """Take what a reading (no older than what is known) says the car is doing."""
-        if self.check_at is not None and reading.taken_at >= self.check_at:
+        if self.check_at is not None and reading.taken_at >= self.check_at - READING_RESOLUTION:
             self.check_at = None
         self.plugged_in = reading.plugged_in
         self.charging = reading.charging

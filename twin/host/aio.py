@@ -79,6 +79,34 @@ class AsyncClock:
     def create_future(self) -> asyncio.Future:
         return self.loop.create_future()
 
+    def spawn(self, coro) -> asyncio.Future:
+        """Run ``coro`` as its own task; cancelling the awaiting one leaves it running."""
+        return _spawn(self.loop, coro)
+
+
+def _spawn(loop: asyncio.AbstractEventLoop, coro) -> asyncio.Future:
+    future = loop.create_future()
+
+    def settle(task: asyncio.Task) -> None:
+        if future.done():  # the awaiting coroutine was cancelled: nobody reads the outcome
+            if not task.cancelled():
+                task.exception()
+        elif task.cancelled():
+            future.cancel()
+        elif task.exception() is not None:
+            future.set_exception(task.exception())
+        else:
+            future.set_result(task.result())
+
+    task = loop.create_task(coro)
+    _SPAWNED.add(task)  # the loop keeps only weak references to tasks
+    task.add_done_callback(_SPAWNED.discard)
+    task.add_done_callback(settle)
+    return future
+
+
+_SPAWNED: set[asyncio.Task] = set()
+
 
 class _InstantSelector(selectors.DefaultSelector):
     """A selector that never waits: it moves the loop's virtual clock forward instead."""

@@ -39,14 +39,18 @@ class SimFuture:
         self.event = env.event()
 
     def set_result(self, value: Any) -> None:
-        self.event.succeed(value)
+        self.event.succeed((value, None))
 
     def set_exception(self, error: BaseException) -> None:
-        self.event.defused = True  # raised in the awaiting coroutine, not by the environment
-        self.event.fail(error)
+        # carried as a value: SimPy would raise a copy made from the exception's args, losing
+        # its attributes (a RateLimited's retry_after_s, a CommandRejected's reason)
+        self.event.succeed((None, error))
 
     def __await__(self) -> Generator[simpy.Event, Any, Any]:
-        return (yield self.event)
+        value, error = yield self.event
+        if error is not None:
+            raise error
+        return value
 
 
 class SimClock:
@@ -78,6 +82,32 @@ class SimClock:
 
     def create_future(self) -> SimFuture:
         return SimFuture(self.env)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> SimFuture:
+        """Run ``coro`` as its own SimPy process, started after what runs now (as asyncio starts
+        a task); interrupting the awaiting process leaves it running."""
+        future = self.create_future()
+
+        def done(value: Any, error: BaseException | None) -> None:
+            if error is None:
+                future.set_result(value)
+            else:
+                future.set_exception(error)
+
+        def start() -> Generator[simpy.Event, Any, None]:
+            # started by the environment, as asyncio starts a task: after what runs now
+            try:
+                first = coro.send(None)
+            except StopIteration as stop:
+                done(stop.value, None)
+                return
+            except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                done(None, exc)
+                return
+            yield from drive(coro, first, done)
+
+        self.env.process(start())
+        return future
 
 
 def drive(coro: Coroutine[Any, Any, Any], first: simpy.Event,

@@ -25,7 +25,16 @@ through ``adapters/<oem>/``. Its behaviour comes from the scenario's OEM profile
   probability per command);
 * where the profile allows, the charging current and the charge limit can be set;
 * commands are idempotent per key: a command whose key was already acknowledged is not sent
-  again.
+  again; a command that reached the cloud is carried out even when its caller stopped waiting
+  (a host's call timeout), as a request that left for a real cloud is;
+* car SoC and measurement times are reported as real clouds report them: times to the
+  millisecond, SoC floored to the profile's step.
+
+The same cloud serves the OEM emulators (``adapters/<oem>/emulator.py``): the ``serve_*``
+methods are the cloud's side of an HTTP call, with the bearer token the request carried and
+without the head's idempotency (a real API has none); :meth:`serve_refresh` is the token
+endpoint. A head talking to an emulator over HTTP therefore meets exactly the cloud the direct
+head meets, draw for draw.
 
 Webhooks are pushed on plug-in and unplug and when a command changes the charging state:
 in-process to :meth:`subscribe`d sinks, and as signed deliveries (:meth:`webhook_delivery`)
@@ -73,6 +82,8 @@ _Z95 = 1.6448536269514722
 _REFRESH_GRACE_S = 60.0
 # Deliveries and idempotency keys remembered; far more than a day of a large fleet's traffic.
 _REMEMBER = 200_000
+#: "the call is this head's own" (direct), as opposed to a request carrying a bearer token
+_OWN = object()
 #: header carrying the hex HMAC-SHA256 of a webhook body (Smartcar's is SC-Signature)
 SIGNATURE_HEADER = "X-Twin-Signature"
 
@@ -132,6 +143,8 @@ class SimulatedOEM:
         self._delivery_seq = 0
         self.webhook_secret = hashlib.sha256(f"chargetwin-webhook:{name}".encode()).hexdigest()
         self._grants: dict[str, _Grant] = {}
+        self._refresh_owner: dict[str, str] = {}
+        self._access_owner: dict[str, str] = {}
         self._token_seq = 0
         self.tokens: AccountTokens | None = None
         if profile.token_lifetime_s is not None:
@@ -148,6 +161,11 @@ class SimulatedOEM:
         self.stats = {"calls": 0, "failed": 0, "rate_limited": 0, "asleep": 0, "auth_expired": 0,
                       "stops_ignored": 0, "wakes": 0, "token_refreshes": 0, "refresh_refused": 0,
                       "rejected": 0, "duplicates": 0}
+
+    @property
+    def clock(self) -> SimClock:
+        """The cloud's clock (the twin's, or wall time behind an emulator on a socket)."""
+        return self._clock
 
     # -- what the head declares ---------------------------------------------------------------
 
@@ -171,6 +189,10 @@ class SimulatedOEM:
         return self._lookup(vehicle_id)[1].account
 
     async def discover(self, account_id: str) -> list[DiscoveredVehicle]:
+        return await self.serve_discover(account_id)
+
+    async def serve_discover(self, account_id: str) -> list[DiscoveredVehicle]:
+        """The account's vehicles (the cloud's vehicle list)."""
         await self._latency(self.profile.read_latency)
         if self._in_outage(self._clock.seconds):
             raise TransientUpstream(account_id, f"{self.name} cloud unavailable (outage)")
@@ -180,11 +202,15 @@ class SimulatedOEM:
     # -- OEMAdapter calls ---------------------------------------------------------------------
 
     async def read(self, vehicle_id: str) -> VehicleReading:
+        return await self.serve_read(vehicle_id, _OWN)
+
+    async def serve_read(self, vehicle_id: str, token: object) -> VehicleReading:
+        """A read as the cloud serves it to a request carrying ``token``."""
         car, cloud = self._lookup(vehicle_id)
-        if self.tokens is None and not self.profile.read_latency.median_s:
+        if token is _OWN and self.tokens is None and not self.profile.read_latency.median_s:
             t = self._check(car, cloud, None)  # the instant cloud: no need to suspend
         else:
-            t = await self._arrive(car, cloud, self.profile.read_latency)
+            t = await self._arrive(car, cloud, self.profile.read_latency, token)
         cached = cloud.cache
         if cached is not None and t - self._seconds(cached) <= self.profile.reading_max_age_s:
             return cached
@@ -192,52 +218,100 @@ class SimulatedOEM:
         return self._fresh(car, cloud, t)
 
     async def start_charging(self, vehicle_id: str, *, key: str) -> None:
-        await self._command(vehicle_id, key, lambda car, cloud, t: self._rejecting(self._world.start, car, t))
+        await self._command(vehicle_id, key, self._act(vehicle_id, "start"), _OWN)
 
     async def stop_charging(self, vehicle_id: str, *, key: str) -> None:
-        await self._command(vehicle_id, key, self._stop)
+        await self._command(vehicle_id, key, self._act(vehicle_id, "stop"), _OWN)
 
     async def set_charging_current(self, vehicle_id: str, amps: float, *, key: str) -> None:
-        caps = self.capabilities(vehicle_id)
-        if not caps.can_set_current:
-            raise CommandRejected(vehicle_id, "not_capable")
-        if not caps.min_amps <= amps <= caps.max_amps:
-            raise CommandRejected(vehicle_id, "out_of_range")
-        kw = amps * caps.kw_per_amp()
-        await self._command(vehicle_id, key, lambda car, cloud, t: self._world.set_power_cap(car, t, kw))
+        await self._command(vehicle_id, key, self._act(vehicle_id, "current", amps), _OWN)
 
     async def set_charge_limit(self, vehicle_id: str, soc: float, *, key: str) -> None:
-        self._lookup(vehicle_id)
-        if not self.profile.charge_limit_control:
-            raise CommandRejected(vehicle_id, "not_capable")
-        if not 0.5 <= soc <= 1.0:  # Smartcar accepts 0.5 ..1, Tesla charge_limit_soc_min..max
-            raise CommandRejected(vehicle_id, "out_of_range")
-        await self._command(vehicle_id, key, lambda car, cloud, t: self._world.set_limit(car, t, soc))
+        await self._command(vehicle_id, key, self._act(vehicle_id, "limit", soc), _OWN)
 
     async def wake(self, vehicle_id: str) -> None:
+        await self.serve_wake(vehicle_id, _OWN)
+
+    async def serve_command(self, vehicle_id: str, command: str, token: object, value: float | None = None) -> None:
+        """A command (``start``, ``stop``, ``current`` in A, ``limit`` as a fraction) as the
+        cloud serves it to a request carrying ``token``."""
+        await self._command(vehicle_id, None, self._act(vehicle_id, command, value), token)
+
+    async def serve_wake(self, vehicle_id: str, token: object) -> None:
+        """A wake-up as the cloud serves it: returns once the car is awake."""
         car, cloud = self._lookup(vehicle_id)
-        t = await self._arrive(car, cloud, self.profile.wake_latency)
+        t = await self._arrive(car, cloud, self.profile.wake_latency, token)
         self.stats["wakes"] += 1
         self._keep_awake(cloud, t)
 
-    async def _arrive(self, car: Car, cloud: _Cloud, latency: Latency) -> float:
-        """The way of every call: an access token (refreshed if due), the latency, the cloud's
-        checks. Returns when the call reached the car (s)."""
-        token = None if self.tokens is None else await self.tokens.access_token(cloud.account, car.vehicle_id)
-        await self._latency(latency)
-        return self._check(car, cloud, token) if token is None else await self._gate(car, cloud, token)
+    def _act(self, vehicle_id: str, command: str, value: float | None = None) -> Callable[[Car, _Cloud, float], None]:
+        """What ``command`` does to the car once it arrives; refuses what the car cannot do."""
+        if command == "start":
+            return lambda car, cloud, t: self._rejecting(self._world.start, car, t)
+        if command == "stop":
+            return self._stop
+        if command == "current":
+            caps = self.capabilities(vehicle_id)
+            if not caps.can_set_current:
+                raise CommandRejected(vehicle_id, "not_capable")
+            if value is None or not caps.min_amps <= value <= caps.max_amps:
+                raise CommandRejected(vehicle_id, "out_of_range")
+            kw = value * caps.kw_per_amp()
+            return lambda car, cloud, t: self._world.set_power_cap(car, t, kw)
+        if command == "limit":
+            self._lookup(vehicle_id)
+            if not self.profile.charge_limit_control:
+                raise CommandRejected(vehicle_id, "not_capable")
+            if value is None or not 0.5 <= value <= 1.0:  # Smartcar accepts 0.5..1, Tesla soc_min..max
+                raise CommandRejected(vehicle_id, "out_of_range")
+            return lambda car, cloud, t: self._world.set_limit(car, t, value)
+        raise ValueError(f"unknown command {command!r}")
 
-    async def _command(self, vehicle_id: str, key: str, act: Callable[[Car, _Cloud, float], None]) -> None:
-        """A command: sent once per key, carried out by ``act`` on an awake car; a change of the
-        charging state is pushed."""
+    async def _arrive(self, car: Car, cloud: _Cloud, latency: Latency, token: object) -> float:
+        """The way of every call: an access token, the latency, the cloud's checks. Returns when
+        the call reached the car (s).
+
+        ``token`` is what an HTTP request carried; for this head's own calls (``_OWN``) the token
+        comes from the account's :class:`~twin.auth.AccountTokens` (refreshed when due), and a
+        token the cloud rejects is refreshed and the call sent again, as HTTP heads do on a 401."""
+        if token is not _OWN:
+            await self._latency(latency)
+            return self._check(car, cloud, token if self.tokens is not None else None)
+        if self.tokens is None:
+            await self._latency(latency)
+            return self._check(car, cloud, None)
+        token = await self.tokens.access_token(cloud.account, car.vehicle_id)
+        await self._latency(latency)
+        try:
+            return self._check(car, cloud, token)
+        except AuthExpired:
+            token = await self.tokens.after_rejection(cloud.account, car.vehicle_id, token)
+            await self._latency(latency)
+            return self._check(car, cloud, token)
+
+    async def _command(self, vehicle_id: str, key: str | None, act: Callable[[Car, _Cloud, float], None],
+                       token: object) -> None:
+        """A command: sent once per key (``None``: a request over HTTP, which has no key),
+        carried out by ``act`` on an awake car; a change of the charging state is pushed. Once
+        sent it is carried out even if the caller stops waiting."""
         car, cloud = self._lookup(vehicle_id)
-        if self._duplicate(key):
+        if key is not None and self._duplicate(key):
             return
-        t = await self._arrive(car, cloud, self.profile.command_latency)
+        if token is not _OWN:
+            # served to an HTTP request: a server carries on whether or not the client still
+            # waits (the heads themselves shield their commands from their callers' timeouts)
+            await self._carry_out(car, cloud, key, act, token)
+            return
+        await self._clock.spawn(self._carry_out(car, cloud, key, act, token))
+
+    async def _carry_out(self, car: Car, cloud: _Cloud, key: str | None, act: Callable[[Car, _Cloud, float], None],
+                         token: object) -> None:
+        t = await self._arrive(car, cloud, self.profile.command_latency, token)
         self._require_awake(car, cloud, t)
         was = car.charging
         act(car, cloud, t)
-        self._ack(key)
+        if key is not None:
+            self._ack(key)
         if car.charging != was:
             self._push(car, t)
 
@@ -318,15 +392,6 @@ class SimulatedOEM:
         if spec.median_s > 0:
             sigma = math.log(spec.p95_s / spec.median_s) / _Z95 if spec.p95_s > spec.median_s else 0.0
             await self._clock.sleep(float(spec.median_s * math.exp(sigma * self._rng.standard_normal())))
-
-    async def _gate(self, car: Car, cloud: _Cloud, token: str) -> float:
-        """:meth:`_check` for a call with an access token: a token the cloud rejects is
-        refreshed once and the call retried, as real heads do on a 401."""
-        try:
-            return self._check(car, cloud, token)
-        except AuthExpired:
-            token = await self.tokens.after_rejection(cloud.account, car.vehicle_id, token)
-            return self._check(car, cloud, token)
 
     def _check(self, car: Car, cloud: _Cloud, token: str | None) -> float:
         """Checks every call passes when it reaches the cloud; returns the time (s)."""
@@ -410,6 +475,8 @@ class SimulatedOEM:
         self._token_seq += 1
         access, refresh = f"at-{self.name}-{self._token_seq}", f"rt-{self.name}-{self._token_seq}"
         grant = self._grants.get(account)
+        self._refresh_owner[refresh] = account
+        self._access_owner[access] = account
         lifetime = self.profile.token_lifetime_s or math.inf
         if grant is None or grant.revoked:
             self._grants[account] = grant = _Grant(access, t + lifetime, refresh)
@@ -439,6 +506,55 @@ class SimulatedOEM:
         self._world.log.append((t, account, "auth", "token refreshed"))
         return self._issue(account, t)
 
+    async def serve_refresh(self, refresh_token: str) -> tuple[str, Token]:
+        """The refresh-token grant as the token endpoint serves it: (account, new tokens).
+        Raises :class:`~twin.auth.RefreshRefused` (``invalid_grant``) or
+        :class:`~twin.auth.RefreshFailed` (the auth server is down)."""
+        account = self._refresh_owner.get(refresh_token, "")
+        return account, await self._refresh(account, Token("", refresh_token, self._clock.now()))
+
+    def linked_token(self, account_id: str) -> Token:
+        """The tokens the account's grant started with (what the code exchange would give)."""
+        if self.tokens is None:  # this cloud does not check tokens
+            return Token(f"at-{self.name}-open-{account_id}", f"rt-{self.name}-open-{account_id}",
+                         self._clock.start + timedelta(days=3650))
+        token = self.tokens.store.get(account_id)
+        if token is None:
+            raise KeyError(f"no account {account_id!r} at OEM {self.name}")
+        return token
+
+    def link(self, account_id: str) -> Token:
+        """A new grant for the account (an authorization code exchanged at the token endpoint)."""
+        if self.tokens is None:
+            return self.linked_token(account_id)
+        return self._issue(account_id, self._clock.seconds)
+
+    def account_for_token(self, access_token: str) -> str | None:
+        """The account an access token was issued to (current or not), else None."""
+        if self.tokens is None:
+            prefix = f"at-{self.name}-open-"
+            return access_token[len(prefix):] if access_token.startswith(prefix) else None
+        return self._access_owner.get(access_token)
+
+    def car(self, vehicle_id: str) -> Car:
+        """The simulated car (raises :class:`~twin.oem.UnknownVehicle`), brought up to now."""
+        car, _ = self._lookup(vehicle_id)
+        self._world.advance(car, self._clock.seconds)
+        return car
+
+    def awake(self, vehicle_id: str) -> bool:
+        """Whether the car is awake now, as the cloud's vehicle summary says (not a call)."""
+        car, cloud = self._lookup(vehicle_id)
+        if self.profile.sleep_after_s is None:
+            return True
+        t = self._clock.seconds
+        self._world.advance(car, t)
+        return car.charging or t < max(cloud.awake_until, car.last_charge_end + self.profile.sleep_after_s)
+
+    def accounts(self) -> dict[str, str]:
+        """vehicle id -> account id of every car this cloud serves."""
+        return {vid: cloud.account for vid, cloud in self._cloud.items()}
+
     # -- readings and webhooks ----------------------------------------------------------------
 
     def _seconds(self, reading: VehicleReading) -> float:
@@ -448,9 +564,16 @@ class SimulatedOEM:
         soc, plugged, charging = self._world.state(car, t)
         step = self.profile.soc_step
         if step > 0:
-            # floor to the step; the epsilon keeps exact multiples (0.8) from dropping a step
-            soc = math.floor(soc / step + 1e-9) * step
-        reading = VehicleReading(car.vehicle_id, self._clock.at(t), soc, plugged, charging)
+            # floor to the step; the epsilon keeps exact multiples (0.8) from dropping a step.
+            # A step of 1/n is counted in n-ths (57/100, as a cloud reporting whole percent has it)
+            per = round(1.0 / step)
+            if abs(per * step - 1.0) < 1e-9:
+                soc = math.floor(soc * per + 1e-9) / per
+            else:
+                soc = math.floor(soc / step + 1e-9) * step
+        # clouds date readings to the millisecond
+        reading = VehicleReading(car.vehicle_id, self._clock.at(math.floor(t * 1000.0 + 1e-6) / 1000.0), soc, plugged,
+                                 charging)
         cloud.cache = reading
         return reading
 

@@ -5,8 +5,12 @@
 applies to the world; each OEM profile becomes a :class:`~twin.sim.oem.SimulatedOEM`; the
 controller is built by :func:`twin.control.compose.build_controller`, the composition the live
 server uses too. :func:`simulate` hosts it in SimPy with the :class:`~twin.sim.driver.SimDriver`;
-:func:`simulate_async` hosts the very same twin in asyncio (:class:`twin.host.aio.AsyncDriver`). Everything random is drawn from generators spawned from the one seed, so the same
-scenario and seed give identical outputs.
+:func:`simulate_async` hosts the very same twin in asyncio (:class:`twin.host.aio.AsyncDriver`).
+With ``oem_transport: http`` each cloud is served by its OEM's emulator and the controller
+reaches it through that OEM's head (its HTTP client) over ``httpx.ASGITransport``, on the
+asyncio host in virtual time: the API in the loop. Everything random is drawn from generators
+spawned from the one seed, so the same scenario and seed give identical outputs, and the run
+over HTTP sends the commands the direct run sends.
 """
 
 from __future__ import annotations
@@ -199,11 +203,14 @@ class Twin:
     clock: Clock
     world: World
     controller: Controller
-    adapters: dict[str, SimulatedOEM]
+    #: vehicle id -> the head the controller calls (the simulated cloud itself, or an HTTP client)
+    adapters: dict[str, Any]
     player: Player
     #: the controller's registrations and the action-id source, to rebuild it (snapshots)
     managed: list[ManagedVehicle]
     ids: SeededIds
+    #: the simulated clouds (behind the heads when the run goes over HTTP)
+    clouds: list[SimulatedOEM] = field(default_factory=list)
 
     @property
     def until(self) -> float:
@@ -239,14 +246,18 @@ def build(scenario: Scenario | str | Path | dict[str, Any], policy: str | None, 
         for i, vid in enumerate(vehicles["vehicle_id"])
     ]
     world = World(cars, len(sessions))
-    adapters: dict[str, SimulatedOEM] = {}
+    adapters: dict[str, Any] = {}
+    clouds: list[SimulatedOEM] = []
     ignoring = set(vehicles.loc[vehicles["ignores_stop"], "vehicle_id"])
     accounts = dict(zip(vehicles["vehicle_id"], vehicles["account_id"]))
     for (name, profile), rng in zip(sorted(profiles.items()), oem_rng.spawn(len(profiles))):
         mine = [c for c in cars if oem_of[c.index] == name]
         if mine:
             oem = SimulatedOEM(name, profile, world, clock, mine, rng, ignoring, accounts)
+            clouds.append(oem)
             adapters.update({c.vehicle_id: oem for c in mine})
+    if sc.oem_transport == "http":
+        adapters = _over_http(clouds, clock)
 
     settings = sc.control_settings()
     optimal = None
@@ -268,7 +279,27 @@ def build(scenario: Scenario | str | Path | dict[str, Any], policy: str | None, 
     controller = build_controller(managed, preferences, settings, policy_name, adapters, new_id=ids, optimal=optimal)
     player = _player(sc, world, vehicles, sessions, origin, signals, daily)
     return Twin(sc, policy_name, seed, vehicles, sessions, origin, signals, curves, clock, world, controller,
-                adapters, player, managed, ids)
+                adapters, player, managed, ids, clouds)
+
+
+def _over_http(clouds: list[SimulatedOEM], clock: Clock) -> dict[str, Any]:
+    """Each cloud behind its OEM's emulator, reached by that OEM's head over
+    ``httpx.ASGITransport`` (vehicle id -> head); webhook deliveries go from the emulator to the
+    head's receiver as they would through its web route."""
+    import httpx
+
+    from adapters import head
+
+    out: dict[str, Any] = {}
+    for cloud in clouds:
+        oem = head(cloud.profile.api)
+        receivers: list[Callable[[dict[str, str], bytes], Any]] = []
+        app = oem.emulator(cloud, deliver=lambda headers, body, to=receivers: to[0](headers, body))
+        connected = oem.connect(cloud, f"http://{cloud.name}.{oem.name}.emulator", httpx.ASGITransport(app), clock)
+        if connected.receive is not None:
+            receivers.append(connected.receive)
+        out.update({vid: connected.adapter for vid in cloud.accounts()})
+    return out
 
 
 def _player(sc: Scenario, world: World, vehicles: pd.DataFrame, sessions: pd.DataFrame, origin: datetime,
@@ -323,7 +354,7 @@ def finish(twin: Twin, wall_seconds: float = 0.0) -> SimulationResult:
         trip_unmet_kwh=world.trip_unmet_kwh,
         log=world.log,
         controller_stats=twin.controller.stats,
-        oem_stats=_sum_stats(set(twin.adapters.values())),
+        oem_stats=_sum_stats(set(twin.clouds)),
         site_limit_kw=twin.scenario.site.feeder_kw,
         demand_charge_gbp_per_kw_month=twin.scenario.site.demand_charge_gbp_per_kw_month,
         demand_window_minutes=twin.scenario.site.demand_window_minutes,
@@ -357,7 +388,16 @@ def simulate(
     -------
     SimulationResult with ``kpis`` and the ``sessions``, ``timeseries``, ``events`` and
     ``charging`` tables.
+
+    A scenario with ``oem_transport: http`` runs on the asyncio host (:func:`simulate_async`),
+    where the heads' HTTP clients live; ``restarts`` are not offered there.
     """
+    sc = as_scenario(scenario)
+    if sc.oem_transport == "http":
+        if restarts:
+            raise ValueError("restarts are not offered for oem_transport: http (the run is on the asyncio host)")
+        return simulate_async(sc, policy, seed=seed, progress=progress)
+    scenario = sc
     t_wall = wallclock.perf_counter()
     env = simpy.Environment()
     twin = build(scenario, policy, seed, lambda origin: SimClock(env, origin))
@@ -390,11 +430,12 @@ def restart(twin: Twin) -> Controller:
 
 
 def simulate_async(scenario: Scenario | str | Path | dict[str, Any], policy: str | None = None, *,
-                   seed: int | None = None) -> SimulationResult:
+                   seed: int | None = None, progress: Callable[[float], None] | None = None) -> SimulationResult:
     """Run a scenario through :class:`twin.host.aio.AsyncDriver` on a virtual-time asyncio loop.
 
     Same twin (cars, OEM clouds, timeline) as :func:`simulate`, hosted by the live loop instead
-    of SimPy. Slower, but it exercises exactly what the server runs.
+    of SimPy. Slower, but it exercises exactly what the server runs; with ``oem_transport: http``
+    every OEM call goes through the heads to the emulators.
     """
     import asyncio
 
@@ -408,17 +449,29 @@ def simulate_async(scenario: Scenario | str | Path | dict[str, Any], policy: str
         driver = AsyncDriver(twin.controller, twin.adapters, clock, twin.world.log.append)
         twin.player.deliver = driver.deliver
 
+        until = twin.until
+
         async def play() -> None:
+            reported = 0.0
             for i, t in enumerate(twin.player.times):
                 wait = t - clock.seconds
                 if wait > 0:
                     await asyncio.sleep(wait)
                 twin.player.apply(i)
+                if progress is not None and t - reported >= _PROGRESS_CHUNK_S:
+                    reported = t
+                    progress(min(1.0, t / until))
 
         async def main() -> None:
-            runner = asyncio.ensure_future(driver.run(twin.until))
+            runner = asyncio.ensure_future(driver.run(until))
             await play()
             await runner
+            for head in {id(a): a for a in twin.adapters.values()}.values():
+                close = getattr(head, "aclose", None)
+                if close is not None:
+                    await close()
+            if progress is not None:
+                progress(1.0)
 
         loop.run_until_complete(main())
     finally:

@@ -79,10 +79,34 @@ class Cloud:
         self.requests.append(request)
         if self.raise_error is not None:
             raise self.raise_error
-        queue = self.routes.get((request.method, request.url.path))
+        if request.method == "POST" and request.url.path.endswith("/batch") \
+                and (request.method, request.url.path) not in self.routes:
+            return self._batch(request)
+        return self._answer(request.method, request.url.path)
+
+    def _answer(self, method, path):
+        queue = self.routes.get((method, path))
         if not queue:
             return httpx.Response(404, content=fixture("error_resource_not_found.json"))
         return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def _batch(self, request):
+        """A batch answered from the GET routes of its paths: each answer becomes an item with its
+        own code, except what Smartcar answers for the whole request (401, 429, 430, 5xx) and a
+        body that is no JSON object, which become the batch's own answer."""
+        base = request.url.path.removesuffix("/batch")
+        items = []
+        for sub in json.loads(request.content)["requests"]:
+            answer = self._answer("GET", base + sub["path"])
+            try:
+                body = json.loads(answer.content)
+            except ValueError:
+                body = None
+            if answer.status_code in (401, 429, 430) or answer.status_code >= 500 or not isinstance(body, dict):
+                return answer
+            headers = {k: v for k, v in answer.headers.items() if k.lower() not in ("content-type", "content-length")}
+            items.append({"path": sub["path"], "code": answer.status_code, "headers": headers, "body": body})
+        return httpx.Response(200, content=json.dumps({"responses": items}).encode())
 
     def readable(self, battery="battery.json", charge="charge_charging.json"):
         self.on("GET", f"/vehicles/{VID}/battery", battery, headers={"sc-data-age": AGE_BATTERY})
@@ -139,11 +163,35 @@ def test_a_reading_has_soc_as_a_fraction_plug_and_charging_state_and_when_the_ca
     assert reading.plugged_in is True and reading.charging is True
     # the older of the two sc-data-age headers
     assert reading.taken_at == datetime(2026, 1, 12, 17, 58, 30, tzinfo=UTC)
-    battery, charge = cloud.requests
-    assert battery.method == "GET" and battery.url.host == "api.smartcar.test"
-    assert battery.url.path == f"/v2.0/vehicles/{VID}/battery" and charge.url.path == f"/v2.0/vehicles/{VID}/charge"
-    assert battery.headers["authorization"] == "Bearer at-1"
-    assert battery.headers["sc-unit-system"] == "metric"
+    [batch] = cloud.requests  # one call for both
+    assert batch.method == "POST" and batch.url.host == "api.smartcar.test"
+    assert batch.url.path == f"/v2.0/vehicles/{VID}/batch"
+    assert json.loads(batch.content) == {"requests": [{"path": "/battery"}, {"path": "/charge"}]}
+    assert batch.headers["authorization"] == "Bearer at-1"
+
+
+def test_an_error_inside_a_batch_answer_is_typed_by_its_own_code():
+    body = {"responses": [
+        {"path": "/battery", "code": 200, "headers": {"sc-data-age": AGE_BATTERY}, "body": {"percentRemaining": 0.5}},
+        {"path": "/charge", "code": 409, "headers": {},
+         "body": json.loads(fixture("error_vehicle_state_asleep.json"))},
+    ]}
+    cloud = Cloud().on("POST", f"/vehicles/{VID}/batch", raw=json.dumps(body).encode())
+    assert type(raises(make_client(cloud).read(VID), VehicleAsleep)) is VehicleAsleep
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param({"responses": {}}, id="responses-not-a-list"),
+    pytest.param({"responses": [{"path": "/battery", "code": 200, "headers": {}, "body": {"percentRemaining": 0.5}}]},
+                 id="charge-missing"),
+    pytest.param({"responses": [{"path": "/battery", "code": "200", "headers": {}, "body": {}},
+                                {"path": "/charge", "code": 200, "headers": {}, "body": {}}]}, id="code-a-string"),
+    pytest.param({"responses": [{"path": "/battery", "code": 200, "headers": {"sc-data-age": 5}, "body": {}},
+                                {"path": "/charge", "code": 200, "headers": {}, "body": {}}]}, id="header-not-text"),
+])
+def test_a_malformed_batch_answer_is_a_typed_error_never_a_reading(body):
+    cloud = Cloud().on("POST", f"/vehicles/{VID}/batch", raw=json.dumps(body).encode())
+    assert type(raises(make_client(cloud).read(VID), TransientUpstream)) is TransientUpstream
 
 
 @pytest.mark.parametrize("fixture_name, plugged, charging", [
@@ -321,7 +369,7 @@ def test_a_rejected_token_is_refreshed_once_and_the_call_retried():
     client = make_client(cloud, refresher=refresh)
     assert run(client.read(VID)).soc == pytest.approx(0.62)
     assert refreshed == [(ACCOUNT, "rt-1")]
-    assert [r.headers["authorization"] for r in cloud.requests] == ["Bearer at-1", "Bearer at-2", "Bearer at-2"]
+    assert [r.headers["authorization"] for r in cloud.requests] == ["Bearer at-1", "Bearer at-2"]
     assert client.tokens.store.get(ACCOUNT).refresh_token == "rt-2"  # the rotated one is kept
 
 
