@@ -5,6 +5,8 @@ A head's ``head.py`` builds one :class:`Head`:
 
 * ``features``: which of the protocol's optional parts its API has (``push``: webhooks;
   ``wake``; ``current``: the charging current can be set; ``charge_limit``);
+* ``base_profile``: the profile settings the API always has (a Tesla reports whole percent and
+  is polled), from which emulators for tests and ``twin emulate`` start;
 * ``problems(profile)``: what of a simulated cloud's behaviour (:class:`twin.scenario.OEMProfile`)
   its API cannot carry, so that the twin over HTTP would not be the same cloud (e.g. a wake on
   an API without one); empty when the profile can be served;
@@ -19,7 +21,7 @@ A head's ``head.py`` builds one :class:`Head`:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Connected", "Deliver", "Head"]
@@ -47,3 +49,5 @@ class Head:
     token_path: str
     #: the path prefix of the vehicles API on the emulator
     api_path: str
+    #: the OEM profile settings this API always has (what ``problems`` asks of every profile)
+    base_profile: dict[str, Any] = field(default_factory=dict)

@@ -4,6 +4,7 @@
     twin compare SCENARIO [--policies uncontrolled,smart,optimal] [--report FILE] [--out DIR] [--seed N]
     twin check SCENARIO...
     twin schema [--out FILE]
+    twin emulate OEM [--host H] [--port N] [--scenario FILE] [--profile NAME] [--speed X] [--webhook-url URL] [--seed N]
 """
 
 from __future__ import annotations
@@ -214,6 +215,30 @@ def schema(
         sys.stdout.write(text)
     else:
         out.write_text(text)
+
+
+@app.command()
+def emulate(
+    oem: Annotated[str, typer.Argument(help="the OEM API to serve: a registered head (smartcar, tesla)")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free one)")] = 8080,
+    scenario: Annotated[Optional[Path], typer.Option(
+        help="serve this scenario's cars of the OEM and replay their sessions (default: 4 built-in cars)")] = None,
+    profile: Annotated[Optional[str], typer.Option(
+        help="the scenario's OEM profile to serve (default: its only one with api: OEM)")] = None,
+    speed: Annotated[float, typer.Option(help="emulated seconds per wall-clock second")] = 1.0,
+    webhook_url: Annotated[Optional[str], typer.Option(
+        help="POST each signed webhook delivery here (APIs with webhooks: smartcar)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (default: the scenario's, or 1)")] = None,
+) -> None:
+    """Serve one OEM's cloud API emulator on HTTP, for testing an integration, until Ctrl-C."""
+    from twin.emulate import EmulatorError, serve
+
+    try:
+        serve(oem, host=host, port=port, scenario=scenario, profile=profile, speed=speed, webhook_url=webhook_url,
+              seed=seed, announce=lambda text: out_console.print(text, markup=False, highlight=False))
+    except (ScenarioError, EmulatorError) as exc:
+        _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -53,6 +54,8 @@ from twin.oem import (
 from .webhooks import SmartcarWebhooks
 
 __all__ = ["API_ORIGIN", "SmartcarClient", "error_for"]
+
+_log = logging.getLogger(__name__)
 
 API_ORIGIN = "https://api.smartcar.com"
 #: the Smartcar SDK's HTTP timeout: commands can legitimately take minutes
@@ -273,7 +276,13 @@ class SmartcarClient:
         """A webhook delivery as a route gets it: verified and de-duplicated
         (:meth:`parse_webhook`), its readings handed to the subscribed sinks and returned.
         Raises :class:`WebhookRejected` (answer 4xx; nothing reaches the sinks)."""
-        readings = self.parse_webhook(headers, body)
+        try:
+            readings = self.parse_webhook(headers, body)
+        except WebhookRejected as exc:
+            _log.warning("Smartcar webhook rejected (%d bytes): %s", len(body), exc)
+            raise
+        if not readings:
+            _log.info("Smartcar webhook carried no reading (a redelivery, VERIFY or VEHICLE_ERROR)")
         for reading in readings:
             for sink in self._sinks:
                 sink(reading)

@@ -73,7 +73,9 @@ Deliver = Callable[[dict[str, str], bytes], Any]
 
 def percent_of(soc: float) -> float:
     """``soc`` (a fraction) in percent, chosen so that ``percent / 100`` is ``soc`` again where a
-    float allows: a reading pushed through a webhook reaches the controller unchanged."""
+    float allows (always for whole hundredths, the step clouds report in; other values may come back
+    one bit off): a reading pushed through a webhook reaches the controller
+    as the cloud measured it."""
     value = soc * 100.0
     for _ in range(4):
         back = value / 100.0

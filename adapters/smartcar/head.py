@@ -55,4 +55,5 @@ def connect(cloud: SimulatedOEM, base_url: str, transport: httpx.AsyncBaseTransp
 
 
 HEAD = Head(name="smartcar", features=frozenset({"push", "charge_limit"}), problems=problems, emulator=emulator,
-            connect=connect, token_path="/oauth/token", api_path="/v2.0")
+            connect=connect, token_path="/oauth/token", api_path="/v2.0",
+            base_profile={"charge_limit_control": True})

@@ -59,4 +59,5 @@ def connect(cloud: SimulatedOEM, base_url: str, transport: httpx.AsyncBaseTransp
 
 
 HEAD = Head(name="tesla", features=frozenset({"wake", "current", "charge_limit"}), problems=problems,
-            emulator=emulator, connect=connect, token_path="/oauth2/v3/token", api_path="/api/1")
+            emulator=emulator, connect=connect, token_path="/oauth2/v3/token", api_path="/api/1",
+            base_profile={"push": False, "charge_limit_control": True, "soc_step": 0.01})

@@ -39,14 +39,6 @@ CURVE = ChargeCurve(battery_kwh=60, charger_kw=11, vehicle_kw=11, efficiency=0.9
 #: every optional part of the protocol (a head has those its API has)
 ALL_FEATURES = frozenset({"push", "wake", "current", "charge_limit"})
 
-#: what each HTTP head's emulator is run with unless a test says otherwise: the parts of a
-#: profile its API always has (see each head's ``problems``)
-BASE_PROFILE = {
-    "smartcar": {"charge_limit_control": True},
-    "tesla": {"push": False, "charge_limit_control": True, "soc_step": 0.01},
-}
-
-
 class Harness(Protocol):
     adapter: OEMAdapter
     #: the optional parts of the protocol the head has (``ALL_FEATURES`` for the simulated one)
@@ -136,7 +128,7 @@ class _Emulated:
     def _build(self, head_name: str, profile: dict[str, Any], clock) -> OEMProfile:
         self.head = adapters.head(head_name)
         self.features = self.head.features
-        merged = OEMProfile(**{**BASE_PROFILE.get(head_name, {}), **profile})
+        merged = OEMProfile(**{**self.head.base_profile, **profile})
         problems = self.head.problems(merged)
         if problems:
             pytest.skip(f"{head_name} cannot serve this profile: {'; '.join(problems)}")

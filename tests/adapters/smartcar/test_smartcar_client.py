@@ -24,6 +24,7 @@ from twin.oem import (
     TransientUpstream,
     UnknownVehicle,
     VehicleAsleep,
+    WebhookRejected,
 )
 
 FIXTURES = Path(smartcar.__file__).parent / "fixtures"
@@ -563,3 +564,29 @@ def test_discovery_errors_are_typed():
     with pytest.raises(RateLimited) as info:
         run(make_client(cloud, vehicles={}).discover(ACCOUNT))
     assert info.value.scope == "application" and info.value.retry_after_s == 9
+
+
+# -- webhook deliveries through the head ---------------------------------------------------------
+
+
+def test_a_delivery_feeds_the_sinks_once_and_a_bad_one_is_rejected_with_a_log_line(caplog):
+    import hashlib
+    import hmac
+    import logging
+
+    client = make_client(Cloud(), webhooks=SmartcarWebhooks("amt"))
+    got = []
+    client.subscribe(got.append)
+    body = fixture("webhook_vehicle_state.json")
+    signed = {"SC-Signature": hmac.new(b"amt", body, hashlib.sha256).hexdigest()}
+    [reading] = client.receive(signed, body)
+    assert got == [reading] and reading.soc == 0.75 and reading.charging
+    assert client.receive(signed, body) == [] and len(got) == 1  # replayed: dropped, nothing fed
+    caplog.set_level(logging.WARNING, logger="adapters.smartcar.client")
+    for headers, content in [({"SC-Signature": "00" * 32}, body), ({}, body), (signed, body[:-20])]:
+        with pytest.raises(WebhookRejected):
+            client.receive(headers, content)
+    assert len(got) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and all(line.startswith("Smartcar webhook rejected") for line in lines)
+    assert "does not match" in lines[0] and "without SC-Signature" in lines[1]

@@ -580,6 +580,31 @@ def test_concurrent_duplicate_shares_the_failure(s):
     assert len(s.cloud.requests) == 1
 
 
+def test_a_caller_that_gives_up_does_not_cancel_the_command_and_a_retry_joins_it(s):
+    s.cloud.on("POST", s.vpath("/command/charge_start"), _slow("command_ok.json"))
+
+    async def scenario():
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(s.client.start_charging(VIN, key="k"), 1)
+        await s.client.start_charging(VIN, key="k")  # the host's retry after its timeout joins the call
+        await s.client.start_charging(VIN, key="k")  # and once it landed, it is remembered
+
+    s.run(scenario())
+    assert len(s.cloud.requests) == 1 and s.client.stats["duplicates"] == 2
+
+
+def test_before_a_reading_the_configured_charger_rating_stands_in():
+    setup = Setup()
+    client = TeslaFleetClient(setup.tokens, setup.clock, region="eu", transport=httpx.MockTransport(setup.cloud),
+                              accounts={VIN: ACCOUNT}, min_amps=6, max_amps=16, volts=230, phases=3)
+    caps = client.capabilities(VIN)
+    assert (caps.min_amps, caps.max_amps, caps.phases) == (6, 16, 3) and caps.kw_per_amp() == pytest.approx(0.69)
+    assert not setup.client.capabilities(VIN).can_set_current  # without a rating: not until a reading
+    setup.run(client.aclose())
+    setup.run(setup.client.aclose())
+    setup.loop.close()
+
+
 def test_rejected_command_is_not_remembered(s):
     s.cloud.on("POST", s.vpath("/command/charge_start"), body("command_disconnected.json"), body("command_ok.json"))
     with pytest.raises(CommandRejected):
