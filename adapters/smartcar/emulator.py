@@ -257,31 +257,40 @@ def create_app(cloud: SimulatedOEM, *, client_id: str = "emulator-client-id",
             return _error_of(exc)
         return answer({"id": vehicle_id, "make": make, "model": model, "year": year})
 
-    @app.get("/v2.0/vehicles/{vehicle_id}/battery")
-    async def battery(vehicle_id: str, request: Request):
+    async def served(request: Request, vehicle_id: str, body_of: Callable[[VehicleReading], dict[str, Any]]):
+        """A read route: the car's reading, answered as ``body_of(reading)`` with its data age."""
         token = bearer(request)
         if token is None:
             return unauthenticated()
         reading = await reading_of(vehicle_id, token)
-        return reading if isinstance(reading, Response) else answer(_battery(reading), reading)
+        return reading if isinstance(reading, Response) else answer(body_of(reading), reading)
+
+    @app.get("/v2.0/vehicles/{vehicle_id}/battery")
+    async def battery(vehicle_id: str, request: Request):
+        return await served(request, vehicle_id, _battery)
 
     @app.get("/v2.0/vehicles/{vehicle_id}/charge")
     async def charge(vehicle_id: str, request: Request):
+        return await served(request, vehicle_id, lambda reading: _charge(reading, limit_of(vehicle_id)))
+
+    @app.get("/v2.0/vehicles/{vehicle_id}/charge/limit")
+    async def get_limit(vehicle_id: str, request: Request):
+        return await served(request, vehicle_id, lambda reading: {"limit": limit_of(vehicle_id)})
+
+    async def posted(request: Request) -> tuple[str | None, Any]:
+        """A POST route's bearer token and JSON object body ({} when the body is none); without
+        a token, (None, the 401 answer)."""
         token = bearer(request)
         if token is None:
-            return unauthenticated()
-        reading = await reading_of(vehicle_id, token)
-        if isinstance(reading, Response):
-            return reading
-        return answer(_charge(reading, limit_of(vehicle_id)), reading)
+            return None, unauthenticated()
+        return token, (await json_body(request)) or {}
 
     @app.post("/v2.0/vehicles/{vehicle_id}/batch")
     async def batch(vehicle_id: str, request: Request):
-        token = bearer(request)
+        token, body = await posted(request)
         if token is None:
-            return unauthenticated()
-        body = await json_body(request)
-        paths = body.get("requests") if body else None
+            return body
+        paths = body.get("requests")
         if not isinstance(paths, list) or not paths or not all(
                 isinstance(p, dict) and isinstance(p.get("path"), str) for p in paths):
             return _validation('the body must be {"requests": [{"path": "/battery"}, ...]}')
@@ -300,14 +309,6 @@ def create_app(cloud: SimulatedOEM, *, client_id: str = "emulator-client-id",
                           "body": item_body})
         return answer({"responses": items})
 
-    @app.get("/v2.0/vehicles/{vehicle_id}/charge/limit")
-    async def get_limit(vehicle_id: str, request: Request):
-        token = bearer(request)
-        if token is None:
-            return unauthenticated()
-        reading = await reading_of(vehicle_id, token)
-        return reading if isinstance(reading, Response) else answer({"limit": limit_of(vehicle_id)}, reading)
-
     async def command(vehicle_id: str, token: str, what: str, value: float | None = None) -> Response:
         try:
             await cloud.serve_command(vehicle_id, what, token, value)
@@ -317,22 +318,20 @@ def create_app(cloud: SimulatedOEM, *, client_id: str = "emulator-client-id",
 
     @app.post("/v2.0/vehicles/{vehicle_id}/charge")
     async def start_stop(vehicle_id: str, request: Request):
-        token = bearer(request)
+        token, body = await posted(request)
         if token is None:
-            return unauthenticated()
-        body = await json_body(request)
-        action = body.get("action") if body else None
+            return body
+        action = body.get("action")
         if action not in ("START", "STOP"):
             return _validation('the body must be {"action": "START"} or {"action": "STOP"}')
         return await command(vehicle_id, token, "start" if action == "START" else "stop")
 
     @app.post("/v2.0/vehicles/{vehicle_id}/charge/limit")
     async def set_limit(vehicle_id: str, request: Request):
-        token = bearer(request)
+        token, body = await posted(request)
         if token is None:
-            return unauthenticated()
-        body = await json_body(request)
-        limit = body.get("limit") if body else None
+            return body
+        limit = body.get("limit")
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0.5 <= limit <= 1.0:
             return _validation("limit must be a number from 0.5 to 1")
         return await command(vehicle_id, token, "limit", float(limit))

@@ -196,60 +196,61 @@ def create_app(cloud: SimulatedOEM, *, client_id: str = "emulator-client-id",
         except OEMError as exc:
             return _error_of(exc, quota)
 
-    @app.get("/api/1/vehicles/{vin}/vehicle_data")
-    async def vehicle_data(vin: str, request: Request):
+    async def authorized(request: Request, serve) -> Response:
+        """``serve(token)`` for a request with a bearer token (401 without a body otherwise),
+        the cloud's typed errors answered as the Fleet API answers them."""
         token = bearer(request)
         if token is None:
             return Response(status_code=401)
         try:
-            reading = await cloud.serve_read(vin, token)
-            data = summary(vin)
+            return await serve(token)
         except OEMError as exc:
             return _error_of(exc, quota)
-        taken_ms = round(reading.taken_at.timestamp() * 1000)
-        data["charge_state"] = charge_state(vin, reading.soc, reading.plugged_in, reading.charging, taken_ms)
-        return _envelope(data)
+
+    @app.get("/api/1/vehicles/{vin}/vehicle_data")
+    async def vehicle_data(vin: str, request: Request):
+        async def serve(token: str) -> Response:
+            reading = await cloud.serve_read(vin, token)
+            data = summary(vin)
+            taken_ms = round(reading.taken_at.timestamp() * 1000)
+            data["charge_state"] = charge_state(vin, reading.soc, reading.plugged_in, reading.charging, taken_ms)
+            return _envelope(data)
+
+        return await authorized(request, serve)
 
     @app.post("/api/1/vehicles/{vin}/wake_up")
     async def wake_up(vin: str, request: Request):
-        token = bearer(request)
-        if token is None:
-            return Response(status_code=401)
-        try:
+        async def serve(token: str) -> Response:
             await cloud.serve_wake(vin, token)
             return _envelope(summary(vin))
-        except OEMError as exc:
-            return _error_of(exc, quota)
+
+        return await authorized(request, serve)
 
     @app.post("/api/1/vehicles/{vin}/command/{name}")
     async def command(vin: str, name: str, request: Request):
-        token = bearer(request)
-        if token is None:
-            return Response(status_code=401)
-        body = await json_body(request)
-        if body is None:
-            return _envelope(None, 406, "not_a_JSON_request")
-        if name in ("charge_start", "charge_stop"):
-            what, value = ("start" if name == "charge_start" else "stop"), None
-        elif name == "set_charging_amps":
-            amps = body.get("charging_amps")
-            if isinstance(amps, bool) or not isinstance(amps, int):
-                return _envelope(None, 400, "invalid_field")
-            what, value = "current", float(amps)
-        elif name == "set_charge_limit":
-            percent = body.get("percent")
-            if isinstance(percent, bool) or not isinstance(percent, int):
-                return _envelope(None, 400, "invalid_field")
-            if not soc_limit_min <= percent <= soc_limit_max:
-                return _envelope(None, 400, "invalid_field")
-            what, value = "limit", percent / 100.0
-        else:
-            return _envelope(None, 400, "invalid_command")
-        try:
+        async def serve(token: str) -> Response:
+            body = await json_body(request)
+            if body is None:
+                return _envelope(None, 406, "not_a_JSON_request")
+            if name in ("charge_start", "charge_stop"):
+                what, value = ("start" if name == "charge_start" else "stop"), None
+            elif name == "set_charging_amps":
+                amps = body.get("charging_amps")
+                if isinstance(amps, bool) or not isinstance(amps, int):
+                    return _envelope(None, 400, "invalid_field")
+                what, value = "current", float(amps)
+            elif name == "set_charge_limit":
+                percent = body.get("percent")
+                if isinstance(percent, bool) or not isinstance(percent, int) \
+                        or not soc_limit_min <= percent <= soc_limit_max:
+                    return _envelope(None, 400, "invalid_field")
+                what, value = "limit", percent / 100.0
+            else:
+                return _envelope(None, 400, "invalid_command")
             await cloud.serve_command(vin, what, token, value)
-        except OEMError as exc:
-            return _error_of(exc, quota)
-        return _envelope({"result": True, "reason": ""})
+            return _envelope({"result": True, "reason": ""})
+
+        return await authorized(request, serve)
 
     # -- the auth server --------------------------------------------------------------------
 

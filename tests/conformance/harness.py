@@ -72,73 +72,17 @@ class Harness(Protocol):
     def now(self) -> datetime: ...
 
 
-class SimHarness:
-    """SimulatedOEM on a virtual-time asyncio loop."""
+class _Cloudy:
+    """What every harness does to the simulated cloud and cars (``self.cloud``, ``self.cars``,
+    ``self.world``, ``self.clock``)."""
 
-    features = ALL_FEATURES
-
-    def __init__(self, profile: dict[str, Any]) -> None:
-        self.loop = VirtualTimeLoop()
-        self.clock = AsyncClock(T0, self.loop)
-        self.cars = {vid: Car(i, vid, CURVE, soc=0.5, autostart=False) for i, vid in enumerate(CARS)}
-        self.world = World(list(self.cars.values()), session_count=len(CARS))
-        self.adapter = SimulatedOEM("sim", OEMProfile(**profile), self.world, self.clock, list(self.cars.values()),
-                                    np.random.default_rng(1), frozenset(), CARS)
-
-    def run(self, coro):
-        return self.loop.run_until_complete(coro)
-
-    def advance(self, seconds: float) -> None:
-        self.run(asyncio.sleep(seconds))
-
-    def plug_in(self, vehicle_id: str, soc: float = 0.5) -> None:
-        car = self.cars[vehicle_id]
-        self.world.plug_in(car, self.clock.seconds, car.index, soc, 0.9)
-
-    def charging(self, vehicle_id: str) -> bool:
-        car = self.cars[vehicle_id]
-        self.world.advance(car, self.clock.seconds)
-        return car.charging
-
-    def commands_reached(self) -> int:
-        return self.adapter.stats["calls"]
-
-    def token_refreshes(self) -> int:
-        return self.adapter.stats["token_refreshes"]
-
-    def revoke(self, account_id: str) -> None:
-        self.adapter.revoke(account_id)
-
-    def forget(self, vehicle_id: str) -> None:
-        self.adapter.forget(vehicle_id)
-
-    def webhook(self, readings):
-        return self.adapter.webhook_delivery(readings)
-
-    def now(self) -> datetime:
-        return self.clock.now()
-
-    def close(self) -> None:
-        self.loop.close()
-
-
-class _Emulated:
-    """What the HTTP harnesses share: a simulated cloud behind a head's emulator."""
-
-    def _build(self, head_name: str, profile: dict[str, Any], clock) -> OEMProfile:
-        self.head = adapters.head(head_name)
-        self.features = self.head.features
-        merged = OEMProfile(**{**self.head.base_profile, **profile})
-        problems = self.head.problems(merged)
-        if problems:
-            pytest.skip(f"{head_name} cannot serve this profile: {'; '.join(problems)}")
+    def _make_cloud(self, profile: OEMProfile, clock) -> SimulatedOEM:
         self.clock = clock
         self.cars = {vid: Car(i, vid, CURVE, soc=0.5, autostart=False) for i, vid in enumerate(CARS)}
         self.world = World(list(self.cars.values()), session_count=len(CARS))
-        self.cloud = SimulatedOEM("sim", merged, self.world, clock, list(self.cars.values()), np.random.default_rng(1),
+        self.cloud = SimulatedOEM("sim", profile, self.world, clock, list(self.cars.values()), np.random.default_rng(1),
                                   frozenset(), CARS)
-        self.app = self.head.emulator(self.cloud)
-        return merged
+        return self.cloud
 
     def plug_in(self, vehicle_id: str, soc: float = 0.5) -> None:
         car = self.cars[vehicle_id]
@@ -161,6 +105,45 @@ class _Emulated:
     def forget(self, vehicle_id: str) -> None:
         self.cloud.forget(vehicle_id)
 
+    def now(self) -> datetime:
+        return self.clock.now()
+
+
+class SimHarness(_Cloudy):
+    """SimulatedOEM on a virtual-time asyncio loop."""
+
+    features = ALL_FEATURES
+
+    def __init__(self, profile: dict[str, Any]) -> None:
+        self.loop = VirtualTimeLoop()
+        self.adapter = self._make_cloud(OEMProfile(**profile), AsyncClock(T0, self.loop))
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    def advance(self, seconds: float) -> None:
+        self.run(asyncio.sleep(seconds))
+
+    def webhook(self, readings):
+        return self.adapter.webhook_delivery(readings)
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+class _Emulated(_Cloudy):
+    """What the HTTP harnesses share: a simulated cloud behind a head's emulator."""
+
+    def _build(self, head_name: str, profile: dict[str, Any], clock) -> OEMProfile:
+        self.head = adapters.head(head_name)
+        self.features = self.head.features
+        merged = OEMProfile(**{**self.head.base_profile, **profile})
+        problems = self.head.problems(merged)
+        if problems:
+            pytest.skip(f"{head_name} cannot serve this profile: {'; '.join(problems)}")
+        self.app = self.head.emulator(self._make_cloud(merged, clock))
+        return merged
+
     def webhook(self, readings):
         from adapters.smartcar.emulator import webhook_delivery
         from adapters.smartcar.head import MANAGEMENT_TOKEN
@@ -170,9 +153,6 @@ class _Emulated:
         [reading] = readings
         return webhook_delivery(reading, MANAGEMENT_TOKEN, event_id=f"evt-{time.monotonic_ns()}", user_id="acct-1",
                                 delivered_ms=round(self.clock.now().timestamp() * 1000))
-
-    def now(self) -> datetime:
-        return self.clock.now()
 
 
 class AsgiHarness(_Emulated):
