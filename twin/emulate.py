@@ -11,10 +11,11 @@ The emulator is the head's FastAPI app (``adapters/<oem>/emulator.py``) over a s
   of one of its OEM profiles (those whose ``api`` is the OEM, or the one named), whose sessions
   are replayed: each car plugs in at its arrival (at its ``soc_arrival``, or what its trips
   left) with the session's target as its charge limit, and unplugs at its departure.
-* **the cloud's behaviour**: the built-in fleet's profile is what the head's API always has
-  (:func:`builtin_profile`) plus expiring tokens (2 h) and modest latency (reads 1 s median,
-  3 s p95; commands 2/6 s; wakes 5/15 s), and for Tesla cars that fall asleep after 15 minutes
-  without a call. A scenario's profile is used as it is, once the head accepts it
+* **the cloud's behaviour**: the built-in fleet's profile (:func:`builtin_profile`) is what the
+  head's API always has (``Head.base_profile``) plus expiring tokens (2 h) and modest latency
+  (reads 1 s median, 3 s p95; commands 2/6 s; wakes 5/15 s), and on an API with a wake-up call
+  (Tesla) cars that fall asleep after 15 minutes without a call, on one that sets the charging
+  current 5..32 A. A scenario's profile is used as it is, once the head accepts it
   (``problems``).
 * **time** (:class:`ScaledClock`): wall time scaled by ``speed`` (60: an emulated minute per
   second); latencies, token lifetimes, sleep and the replay all run on it. Emulated time starts
@@ -85,11 +86,10 @@ BUILTIN_LIMIT = 0.9
 BUILTIN_CURVE = ChargeCurve(battery_kwh=60.0, charger_kw=7.4, vehicle_kw=7.4, efficiency=0.9, knee_soc=0.8,
                             floor_kw=2.0)
 
-#: what each head's API always has (see its ``problems``), for the built-in fleet's profile
-_HEAD_PROFILE: dict[str, dict[str, Any]] = {
-    "smartcar": {"charge_limit_control": True},
-    "tesla": {"push": False, "charge_limit_control": True, "soc_step": 0.01, "sleep_after_s": 900,
-              "current_control": {"min_amps": 5, "max_amps": 32}},
+#: what the built-in fleet's cloud does where the head's API can (its features)
+_FEATURE_PROFILE: dict[str, dict[str, Any]] = {
+    "wake": {"sleep_after_s": 900},
+    "current": {"current_control": {"min_amps": 5, "max_amps": 32}},
 }
 #: the built-in fleet's cloud, whatever the head
 _BUILTIN_CLOUD: dict[str, Any] = {
@@ -312,7 +312,7 @@ class EmulatorInfo:
         cars = sum(len(v) for v in self.accounts.values())
         lines = [
             f"chargetwin {head.name} emulator · {self.source} · OEM profile {self.profile_name} · "
-            f"{cars} cars on {len(self.accounts)} accounts",
+            f"{_count(cars, 'car')} on {_count(len(self.accounts), 'account')}",
             "",
             f"  base URL          {base_url}",
             f"  API               {base_url}{head.api_path}",
@@ -354,13 +354,18 @@ class EmulatorInfo:
 
 #: what a fleet source gives: the cloud, its world and clock, the profile's name, where the cars
 #: come from, and the sessions to replay (None: the cars stay as they are)
-_Built = tuple[SimulatedOEM, World, ScaledClock, str, str, "_Replay | None"]
+_Built = tuple[SimulatedOEM, World, ScaledClock, str, str, _Replay | None]
 
 
-def builtin_profile(oem: str) -> OEMProfile:
-    """The built-in fleet's OEM profile for the head ``oem``: what its API always has, expiring
-    tokens and modest latency (see the module docstring)."""
-    return OEMProfile(**{**_BUILTIN_CLOUD, **_HEAD_PROFILE.get(oem, {}), "api": oem})
+def builtin_profile(head: Head) -> OEMProfile:
+    """The built-in fleet's OEM profile for ``head``: what its API always has
+    (``head.base_profile``), expiring tokens and modest latency, and where the API has them,
+    cars that sleep after 15 minutes and a settable charging current (5..32 A)."""
+    settings = dict(_BUILTIN_CLOUD)
+    for feature, extra in _FEATURE_PROFILE.items():
+        if feature in head.features:
+            settings.update(extra)
+    return OEMProfile(**{**settings, **head.base_profile, "api": head.name})
 
 
 def build_emulator(oem: str, scenario: Scenario | str | Path | dict[str, Any] | None = None,
@@ -417,7 +422,7 @@ def build_emulator(oem: str, scenario: Scenario | str | Path | dict[str, Any] | 
 
 
 def _builtin(head: Head, speed: float, seed: int | None) -> _Built:
-    profile = builtin_profile(head.name)
+    profile = builtin_profile(head)
     problems = head.problems(profile)
     if problems:
         raise EmulatorError("\n".join([f"the built-in fleet has no profile the {head.name} head accepts; "
@@ -504,6 +509,10 @@ def _check_url(url: str) -> None:
 
 def _iso(when: datetime) -> str:
     return when.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _duration(seconds: float) -> str:

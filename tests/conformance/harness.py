@@ -20,11 +20,11 @@ from typing import Any, Protocol
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 import adapters
 
 from twin.battery import ChargeCurve
+from twin.emulate import EmulatorThread
 from twin.host.aio import AsyncClock, VirtualTimeLoop
 from twin.oem import OEMAdapter, VehicleReading
 from twin.scenario import OEMProfile
@@ -220,17 +220,8 @@ class SocketHarness(_Emulated):
 
     def __init__(self, head_name: str, profile: dict[str, Any]) -> None:
         self._build(head_name, profile, SkipClock(T0))
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="emulator", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the emulator's uvicorn server did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self.server = EmulatorThread(self.app)
+        self.base_url = self.server.base_url
         self.loop = asyncio.new_event_loop()
         self.adapter = self.head.connect(self.cloud, self.base_url, None, self.clock).adapter
 
@@ -243,5 +234,4 @@ class SocketHarness(_Emulated):
     def close(self) -> None:
         self.run(self.adapter.aclose())
         self.loop.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.server.stop()
