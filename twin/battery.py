@@ -112,7 +112,9 @@ class ChargeCurve:
             hours -= t_flat
             soc = s_c
         s_inf = self._s_inf
-        return min(1.0, s_inf - (s_inf - soc) * math.exp(-self._k * hours))
+        # the increment form: never below ``soc`` (s_inf may be huge when the taper is shallow,
+        # and s_inf - (s_inf - soc) * exp(...) would cancel to below it)
+        return min(1.0, soc - (s_inf - soc) * math.expm1(-self._k * hours))
 
     def hours_to(self, soc: float, target: float) -> float:
         """Hours of charging at the limit to go from ``soc`` to ``target``; ``inf`` if never."""
@@ -193,7 +195,7 @@ def soc_after_array(arrays: dict[str, np.ndarray], soc: np.ndarray, hours: np.nd
         h2 = hours - t_flat
         s_inf = (arrays["vehicle_kw"] + b * arrays["knee_soc"]) / b
         k = eff * b / cap
-        tapered = s_inf - (s_inf - s0) * np.exp(-k * h2)
+        tapered = s0 - (s_inf - s0) * np.expm1(-k * h2)
     return np.minimum(np.where(flat_only, out, tapered), 1.0)
 
 
