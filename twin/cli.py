@@ -4,6 +4,7 @@
     twin compare SCENARIO [--policies uncontrolled,smart,optimal] [--report FILE] [--out DIR] [--seed N]
     twin check SCENARIO...
     twin schema [--out FILE]
+    twin serve [--host H] [--port N] [--demo]
     twin emulate OEM [--host H] [--port N] [--scenario FILE] [--profile NAME] [--speed X] [--webhook-url URL] [--seed N]
 """
 
@@ -239,6 +240,34 @@ def emulate(
               seed=seed, announce=lambda text: out_console.print(text, markup=False, highlight=False))
     except (ScenarioError, EmulatorError) as exc:
         _fail(exc)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    demo: Annotated[bool, typer.Option(help="start both OEM emulators in-process with a small fleet")] = False,
+) -> None:
+    """Run the live control server (uvicorn): a SQLite file and an in-process event bus unless
+    CHARGETWIN_DATABASE_URL / CHARGETWIN_BUS_URL say otherwise (see the README)."""
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import Settings, SettingsError
+
+    try:
+        settings = Settings(demo=demo, public_url=f"http://{host}:{port}") if demo else Settings()
+        application = create_app(settings)
+    except (SettingsError, ValueError) as exc:
+        _fail(exc)
+    if demo:
+        from server.demo import DEMO_EMAIL, DEMO_PASSWORD
+
+        out_console.print(f"chargetwin demo on http://{host}:{port} (API docs: http://{host}:{port}/docs)\n"
+                          f"  sign in: POST /auth/token username={DEMO_EMAIL} password={DEMO_PASSWORD}\n"
+                          f"  emulated time runs {settings.demo_speed:g}x; four cars plug in over the first minutes",
+                          markup=False, highlight=False)
+    uvicorn.run(application, host=host, port=port, log_level="info")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -447,6 +447,12 @@ class TeslaFleetClient:
 
     # -- the wire -----------------------------------------------------------------------------
 
+    def register(self, vehicle_id: str, account_id: str) -> None:
+        """Tell the head which account a car belongs to (e.g. restored from storage)."""
+        car = self._vehicles.get(vehicle_id)
+        if car is None or car.account != account_id:
+            self._add(vehicle_id, account_id)
+
     def _add(self, vin: str, account: str) -> _Vehicle:
         car = self._vehicles[vin] = _Vehicle(account)
         car.volts, car.phases = self._volts, self._phases
