@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from datetime import datetime, time, timedelta, timezone
 from typing import Annotated, Any
@@ -35,7 +36,7 @@ from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 
 from server import db as store
 from server.bus import connect_bus
-from server.control import ControlService, reading_to_event
+from server.control import ControlService, VehicleSpec, key_of, preferences_from_event, reading_to_event
 from server.models import (
     WEEKDAYS, DayPlan, ApiKeyIn, ApiKeyOut, OverrideIn, PreferencesIn, SignUp, TokenOut, UserOut, VehiclePatch, WebhookEndpointIn,
 )
@@ -186,10 +187,13 @@ class Server:
         if saved is not None:
             snapshot = json.loads(saved)
         heads = {name: link.head for name, link in self.links.items()}
-        self.control = ControlService(heads, self.clock, self.publish, policy=self.settings.policy,
-                                      slot_minutes=self.settings.slot_minutes, snapshot=snapshot)
+        known = []
         for v in vehicles:  # a restart: the cars the database knows are managed again
-            await self.control.on_event("vehicle.registered", await self.vehicle_event(v))
+            e = await self.vehicle_event(v)
+            known.append((v.id, VehicleSpec(e["oem_vehicle_id"], e["oem"], e["account_id"], e["battery_kwh"],
+                                            e["max_kw"], preferences_from_event(e["preferences"]))))
+        self.control = ControlService(heads, self.clock, self.publish, policy=self.settings.policy,
+                                      slot_minutes=self.settings.slot_minutes, vehicles=known, snapshot=snapshot)
         for topic in ("vehicle.registered", "vehicle.unregistered", "preferences.changed", "telemetry.received"):
             await self.bus.subscribe(topic, "control", lambda e, t=topic: self.on_control_event(t, e))
         # one consumer for both topics: a command's outcome is recorded after its sending
@@ -200,8 +204,26 @@ class Server:
 
         self.control.forecast(forecast_frame(self.settings, self.clock.now()))
         self.spawn(self._refresh_forecasts(forecast_frame))
+        self.spawn(self._save_snapshots())
         if self.demo is not None:
             await self.demo.start()
+
+    async def save_snapshot(self) -> None:
+        """The controller's state (plans, pending calls with their idempotency keys, back-off
+        timers, escalations) into the database."""
+        text = json.dumps(self.control.snapshot())
+        async with self.db.session() as s:
+            await store.save_snapshot(s, "controller", text)
+            await s.commit()
+
+    async def _save_snapshots(self) -> None:
+        """Every ``snapshot_interval_s`` of wall time: what a restart after a crash resumes from."""
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_s)
+            try:
+                await self.save_snapshot()
+            except Exception as exc:  # noqa: BLE001 - try again at the next interval
+                log.error("the controller's state could not be saved: %s", exc)
 
     async def _refresh_forecasts(self, make) -> None:
         """A new forecast every hour (the feeds publish day-ahead prices once a day and carbon
@@ -227,7 +249,7 @@ class Server:
             if seen:
                 return {"accepted": 0, "duplicate": True}
         for r in readings:
-            await self.publish("telemetry.received", reading_to_event(r))
+            await self.publish("telemetry.received", reading_to_event(replace(r, vehicle_id=key_of(oem, r.vehicle_id))))
         return {"accepted": len(readings), "duplicate": False}
 
     async def link_demo_user(self, email: str, password: str, accounts: dict[str, tuple[str, Any]]) -> None:
@@ -254,9 +276,7 @@ class Server:
 
     async def stop(self) -> None:
         if self.control is not None:
-            async with self.db.session() as s:
-                await store.save_snapshot(s, "controller", json.dumps(self.control.snapshot()))
-                await s.commit()
+            await self.save_snapshot()
             await self.control.stop()
         if self.demo is not None:
             await self.demo.stop()
@@ -503,7 +523,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await s.commit()
         server.tokens.delete(account_id)
         for v in vehicles:
-            await server.publish("vehicle.unregistered", {"vehicle": v.id, "oem_vehicle_id": v.oem_vehicle_id})
+            await server.publish("vehicle.unregistered", {"vehicle": v.id, "oem": v.oem, "oem_vehicle_id": v.oem_vehicle_id})
         return JSONResponse(status_code=204, content=None)
 
     # -- vehicles -----------------------------------------------------------------------------
@@ -527,7 +547,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 setattr(v, name, value)
             await s.commit()
             await s.refresh(v)
-        await server.publish("vehicle.unregistered", {"vehicle": v.id, "oem_vehicle_id": v.oem_vehicle_id})
+        await server.publish("vehicle.unregistered", {"vehicle": v.id, "oem": v.oem, "oem_vehicle_id": v.oem_vehicle_id})
         await server.publish("vehicle.registered", await server.vehicle_event(v))  # with its new curve
         return vehicle_json(v)
 
@@ -548,7 +568,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await s.commit()
             prefs = await store.preferences_of(s, user, vehicle_id)
         await server.publish("preferences.changed", {
-            "vehicle": v.id, "oem_vehicle_id": v.oem_vehicle_id,
+            "vehicle": v.id, "oem": v.oem, "oem_vehicle_id": v.oem_vehicle_id,
             "preferences": controller_preferences(prefs, server.clock.now())})
         return body
 
@@ -570,7 +590,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            target_soc=body.target_soc)
             await s.commit()
         await server.publish("preferences.changed", {
-            "vehicle": v.id, "oem_vehicle_id": v.oem_vehicle_id,
+            "vehicle": v.id, "oem": v.oem, "oem_vehicle_id": v.oem_vehicle_id,
             "preferences": controller_preferences(prefs, now, body)})
         return {"id": row.id, **body.model_dump(mode="json")}
 
@@ -579,14 +599,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """SoC and its age, plugged in, charging, the next charge start, the SoC expected at
         ready-by, the last command and whether the car obeyed, escalations."""
         v = await owned_vehicle(vehicle_id, user)
-        known = server.control.status(v.oem_vehicle_id) if server.control else None
+        known = server.control.status(v.oem, v.oem_vehicle_id) if server.control else None
         return {"vehicle": v.id, "oem": v.oem, "controlled": known is not None, **(known or {})}
 
     @app.get("/vehicles/{vehicle_id}/plan", tags=["vehicles"])
     async def vehicle_plan(vehicle_id: str, user: User):
         """The car's plan: kW per slot from now to ready-by ([] when there is none)."""
         v = await owned_vehicle(vehicle_id, user)
-        return {"vehicle": v.id, "slots": (server.control.plan(v.oem_vehicle_id) or []) if server.control else []}
+        return {"vehicle": v.id, "slots": (server.control.plan(v.oem, v.oem_vehicle_id) or []) if server.control else []}
 
     # -- notifications ------------------------------------------------------------------------
 

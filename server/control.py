@@ -8,8 +8,10 @@ stage: it consumes ``vehicle.registered``, ``vehicle.unregistered``, ``preferenc
 ``command.sent``, ``command.finished`` and ``notification.created`` for the recording and
 driver-information stages.
 
-Vehicle ids in the controller are the OEM's own (a Smartcar vehicle id, a Tesla VIN): they are
-what the heads address; the server's database keeps its own row ids beside them.
+Vehicle ids in the controller are ``"<oem>:<the OEM's id>"`` (``tesla:5YJ3...``): two OEMs may
+use the same id, and the controller keys everything by vehicle id. Each head is reached through
+a thin wrapper that strips the prefix on the way out and adds it to readings on the way in; the
+server's database keeps its own row ids beside them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
 from typing import Any
 
@@ -30,7 +32,8 @@ from twin.domain import Preferences
 from twin.host.aio import AsyncDriver
 from twin.oem import VehicleReading
 
-__all__ = ["ControlService", "VehicleSpec", "reading_from_event", "reading_to_event"]
+__all__ = ["ControlService", "VehicleSpec", "key_of", "preferences_from_event", "reading_from_event",
+           "reading_to_event", "split_key"]
 
 log = logging.getLogger("server.control")
 
@@ -48,9 +51,62 @@ class VehicleSpec:
     max_kw: float = 7.4
     preferences: Preferences = Preferences()
 
+    @property
+    def key(self) -> str:
+        """The controller's id of the car."""
+        return key_of(self.oem, self.vehicle_id)
+
     def curve(self) -> ChargeCurve:
         return ChargeCurve(battery_kwh=self.battery_kwh, charger_kw=self.max_kw, vehicle_kw=self.max_kw,
                            efficiency=0.9, knee_soc=0.8, floor_kw=min(2.0, self.max_kw))
+
+
+def key_of(oem: str, vehicle_id: str) -> str:
+    return f"{oem}:{vehicle_id}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    oem, _, vehicle_id = key.partition(":")
+    return oem, vehicle_id
+
+
+class _Namespaced:
+    """A head as the controller sees it: vehicle ids carry the OEM's name (see module docstring)."""
+
+    def __init__(self, head: Any, oem: str) -> None:
+        self.head, self.oem = head, oem
+        self.name = getattr(head, "name", oem)
+        self.rate_limits = tuple(head.rate_limits)
+
+    def _id(self, key: str) -> str:
+        return split_key(key)[1]
+
+    def _reading(self, r: VehicleReading) -> VehicleReading:
+        return replace(r, vehicle_id=key_of(self.oem, r.vehicle_id))
+
+    def capabilities(self, key: str):
+        return self.head.capabilities(self._id(key))
+
+    async def read(self, key: str) -> VehicleReading:
+        return self._reading(await self.head.read(self._id(key)))
+
+    async def start_charging(self, vehicle: str, **kw: Any) -> None:
+        await self.head.start_charging(self._id(vehicle), **kw)
+
+    async def stop_charging(self, vehicle: str, **kw: Any) -> None:
+        await self.head.stop_charging(self._id(vehicle), **kw)
+
+    async def set_charging_current(self, vehicle: str, amps: float, **kw: Any) -> None:
+        await self.head.set_charging_current(self._id(vehicle), amps, **kw)
+
+    async def set_charge_limit(self, vehicle: str, soc: float, **kw: Any) -> None:
+        await self.head.set_charge_limit(self._id(vehicle), soc, **kw)
+
+    async def wake(self, key: str) -> None:
+        await self.head.wake(self._id(key))
+
+    def subscribe(self, sink) -> None:
+        self.head.subscribe(lambda r: sink(self._reading(r)))
 
 
 def reading_to_event(r: VehicleReading) -> dict[str, Any]:
@@ -86,21 +142,43 @@ class ControlService:
     in the demo). ``publish(topic, event)`` takes what this stage emits."""
 
     def __init__(self, heads: dict[str, Any], clock, publish: Publish, *, policy: str = "smart",
-                 slot_minutes: int = 30, snapshot: dict[str, Any] | None = None) -> None:
+                 slot_minutes: int = 30, vehicles: list[tuple[str, VehicleSpec]] = (),
+                 snapshot: dict[str, Any] | None = None) -> None:
         self.heads = heads
         self.clock = clock
         self._publish = publish
         self.settings = ControlSettings(slot_minutes=slot_minutes)
-        self.controller = build_controller([], {}, self.settings, policy, {}, snapshot=snapshot)
-        for head in heads.values():
-            self.controller.set_rate_limits(getattr(head, "name", "oem"), tuple(head.rate_limits))
         self.oem_of: dict[str, str] = {}
         #: OEM vehicle id -> the server's vehicle row id
         self.row_of: dict[str, str] = {}
-        self.driver = _Driver(self, self.controller, {}, clock, sink=self._row, on_notify=self._notify,
-                              planning="thread")
+        self.wrapped = {oem: _Namespaced(head, oem) for oem, head in heads.items()}
+        managed, adapters = [], {}
+        for row_id, spec in vehicles:  # the cars the database knows (a restart)
+            head = heads.get(spec.oem)
+            if head is None:
+                log.error("vehicle %s: OEM %s is not configured; it is not controlled", spec.vehicle_id, spec.oem)
+                continue
+            if hasattr(head, "register"):
+                head.register(spec.vehicle_id, spec.account_id)
+            managed.append(ManagedVehicle(spec.key, spec.curve(), account_id=spec.account_id))
+            adapters[spec.key] = self.wrapped[spec.oem]
+            self.oem_of[spec.key] = spec.oem
+            self.row_of[spec.key] = row_id
+        preferences = {spec.key: spec.preferences for _, spec in vehicles}
+        try:
+            self.controller = build_controller(managed, preferences, self.settings, policy, adapters, snapshot=snapshot)
+        except Exception as exc:  # noqa: BLE001 - a snapshot that does not fit: start afresh, say so
+            if snapshot is None:
+                raise
+            log.error("the saved controller state could not be restored (%s); starting from the database", exc)
+            self.controller = build_controller(managed, preferences, self.settings, policy, adapters)
         for head in heads.values():
-            head.subscribe(self.driver._on_push)
+            self.controller.set_rate_limits(getattr(head, "name", "oem"), tuple(head.rate_limits))
+        self.driver = _Driver(self, self.controller, dict(adapters), clock, sink=self._row, on_notify=self._notify,
+                              planning="thread")
+        for wrapper in self.wrapped.values():
+            if wrapper not in adapters.values():  # the host subscribed the heads it was given
+                wrapper.subscribe(self.driver._on_push)
         self.last_command: dict[str, dict[str, Any]] = {}
         self._task: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
@@ -109,25 +187,25 @@ class ControlService:
 
     def register(self, spec: VehicleSpec) -> None:
         """Start managing a car (idempotent: a car already managed keeps its state)."""
-        if spec.vehicle_id in self.controller.tracks:
+        if spec.key in self.controller.tracks:
             return
         head = self.heads[spec.oem]
         if hasattr(head, "register"):
             head.register(spec.vehicle_id, spec.account_id)
         caps = head.capabilities(spec.vehicle_id)
-        self.controller.register(ManagedVehicle(spec.vehicle_id, spec.curve(), caps, spec.account_id,
+        self.controller.register(ManagedVehicle(spec.key, spec.curve(), caps, spec.account_id,
                                                 getattr(head, "name", spec.oem)), spec.preferences)
-        self.driver.adapters[spec.vehicle_id] = head
-        self.oem_of[spec.vehicle_id] = spec.oem
+        self.driver.adapters[spec.key] = self.wrapped[spec.oem]
+        self.oem_of[spec.key] = spec.oem
         self.driver._wake_up()
 
-    def unregister(self, vehicle_id: str) -> None:
-        self.controller.unregister(vehicle_id)
-        self.driver.adapters.pop(vehicle_id, None)
-        self.oem_of.pop(vehicle_id, None)
+    def unregister(self, key: str) -> None:
+        self.controller.unregister(key)
+        self.driver.adapters.pop(key, None)
+        self.oem_of.pop(key, None)
 
-    def preferences(self, vehicle_id: str, preferences: Preferences) -> None:
-        self.driver.deliver(PreferencesChanged(vehicle_id, preferences))
+    def preferences(self, key: str, preferences: Preferences) -> None:
+        self.driver.deliver(PreferencesChanged(key, preferences))
 
     def telemetry(self, reading: VehicleReading) -> None:
         self.driver.deliver(Telemetry(reading))
@@ -138,14 +216,14 @@ class ControlService:
     async def on_event(self, topic: str, event: dict[str, Any]) -> None:
         """One bus event for this stage."""
         if topic == "vehicle.registered":
-            self.row_of[event["oem_vehicle_id"]] = event.get("vehicle", event["oem_vehicle_id"])
+            self.row_of[key_of(event["oem"], event["oem_vehicle_id"])] = event.get("vehicle", event["oem_vehicle_id"])
             self.register(VehicleSpec(event["oem_vehicle_id"], event["oem"], event["account_id"],
                                       float(event.get("battery_kwh", 60.0)), float(event.get("max_kw", 7.4)),
-                                      _preferences(event.get("preferences"))))
+                                      preferences_from_event(event.get("preferences"))))
         elif topic == "vehicle.unregistered":
-            self.unregister(event["oem_vehicle_id"])
+            self.unregister(key_of(event["oem"], event["oem_vehicle_id"]))
         elif topic == "preferences.changed":
-            self.preferences(event["oem_vehicle_id"], _preferences(event["preferences"]))
+            self.preferences(key_of(event["oem"], event["oem_vehicle_id"]), preferences_from_event(event["preferences"]))
         elif topic == "telemetry.received":
             self.telemetry(reading_from_event(event))
 
@@ -169,9 +247,10 @@ class ControlService:
 
     # -- what the driver sees -----------------------------------------------------------------
 
-    def status(self, vehicle_id: str) -> dict[str, Any] | None:
+    def status(self, oem: str, vehicle_id: str) -> dict[str, Any] | None:
         """The car as the controller knows it now (None when it is not managed)."""
-        track = self.controller.tracks.get(vehicle_id)
+        key = key_of(oem, vehicle_id)
+        track = self.controller.tracks.get(key)
         if track is None:
             return None
         now = self.clock.now()
@@ -196,13 +275,13 @@ class ControlService:
             "target_soc": track.preferences.target_soc,
             "next_charge_start": _iso(next_start),
             "expected_soc_at_ready_by": None if plan is None else plan.expected_soc,
-            "last_command": self.last_command.get(vehicle_id),
+            "last_command": self.last_command.get(key),
             "escalated": escalated,
             "disobeyed_stops": track.disobeyed,
         }
 
-    def plan(self, vehicle_id: str) -> list[dict[str, Any]] | None:
-        track = self.controller.tracks.get(vehicle_id)
+    def plan(self, oem: str, vehicle_id: str) -> list[dict[str, Any]] | None:
+        track = self.controller.tracks.get(key_of(oem, vehicle_id))
         if track is None:
             return None
         plan = track.plan
@@ -222,7 +301,8 @@ class ControlService:
         when = self.clock.now().isoformat()
         vid = action.vehicle_id
         self.last_command[vid] = {"id": action.id, "command": action.describe(), "sent_at": when, "outcome": None}
-        self._emit("command.sent", {"command_id": action.id, "vehicle": self.row_of.get(vid, vid), "oem_vehicle_id": vid,
+        self._emit("command.sent", {"command_id": action.id, "vehicle": self.row_of.get(vid, vid),
+                                    "oem_vehicle_id": split_key(vid)[1],
                                     "kind": action.kind, "detail": action.describe(), "at": when})
 
     def _finished(self, action: Action, error: BaseException | None) -> None:
@@ -248,11 +328,12 @@ class ControlService:
         assert isinstance(action, Notify)
         body = action.to_json()
         body["notice"] = body.pop("topic")  # plan, plan_changed, escalated, reauthorize, unregistered
-        body["oem"] = self.oem_of.get(action.vehicle_id)
+        body["oem"], body["vehicle_id"] = split_key(action.vehicle_id)
         self._emit("notification.created", body)
 
 
-def _preferences(data: dict[str, Any] | None) -> Preferences:
+def preferences_from_event(data: dict[str, Any] | None) -> Preferences:
+    """The controller's preferences from a registration or preferences event."""
     if not data:
         return Preferences()
     ready = data.get("ready_by_at")

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     tesla_api_url: str = "https://fleet-api.prd.eu.vn.cloud.tesla.com"
     tesla_token_url: str = "https://fleet-auth.prd.vn.cloud.tesla.com/oauth2/v3/token"
     tesla_authorize_url: str = "https://auth.tesla.com/oauth2/v3/authorize"
+    snapshot_interval_s: float = Field(5.0, gt=0, description="how often the controller's state is saved (wall s)")
     webhook_max_attempts: int = Field(6, gt=0, le=50, description="outbound webhook tries before dead-lettering")
 
     def check(self) -> None:

@@ -216,7 +216,7 @@ def test_preferences_and_overrides_reach_the_hosted_controller(tmp_path, backend
                             json={"days": week, "min_soc": 0.3, "carbon_weight_gbp_per_kg": 0.1})
             assert r.status_code == 200
             await settle(server)
-            track = server.control.controller.tracks[car["oem_vehicle_id"]]
+            track = server.control.controller.tracks[f"tesla:{car['oem_vehicle_id']}"]
             assert (track.preferences.target_soc, track.preferences.min_soc) == (0.9, 0.3)
             assert track.preferences.ready_by.isoformat() == "06:30:00"
             when = (server.clock.now().replace(microsecond=0) + __import__("datetime").timedelta(hours=10)).isoformat()
@@ -273,7 +273,7 @@ def test_oem_webhooks_are_verified_and_deduplicated(tmp_path, backend, caplog):
             again = await c.post("/webhooks/smartcar", headers=headers, content=body)
             assert again.json() == {"accepted": 0, "duplicate": True}
             await settle(server)
-            assert server.control.controller.tracks["sc-demo-1"].soc == 0.42
+            assert server.control.controller.tracks["smartcar:sc-demo-1"].soc == 0.42
             bad = await c.post("/webhooks/smartcar", headers={**headers, "SC-Signature": "0" * 64}, content=body)
             assert bad.status_code == 400 and "does not match" in bad.json()["detail"]
             assert (await c.post("/webhooks/tesla", headers=headers, content=body)).status_code == 400
