@@ -97,7 +97,31 @@ class Server:
             await s.commit()
 
     async def publish(self, topic: str, event: dict[str, Any]) -> None:
-        await self.bus.publish(topic, event)
+        """Every event goes through the outbox: stored first (with its id), then handed to the
+        bus and marked published. A crash in between leaves it pending, and the next start
+        publishes it again (same id: consumers can tell)."""
+        async with self.db.session() as s:
+            row = await store.outbox_put(s, topic, event)
+            await s.commit()
+        await self._relay([row])
+
+    async def _relay(self, rows) -> None:
+        for row in rows:
+            await self.bus.publish(row.topic, {**row.payload, "id": f"outbox-{row.seq}"})
+        async with self.db.session() as s:
+            await store.outbox_mark_published(s, [row.seq for row in rows])
+            await s.commit()
+
+    async def relay_pending(self) -> int:
+        """Publish what the outbox still holds (after a crash); returns how many."""
+        done = 0
+        while True:
+            async with self.db.session() as s:
+                rows = await store.outbox_pending(s, 500)
+            if not rows:
+                return done
+            await self._relay(rows)
+            done += len(rows)
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -199,6 +223,9 @@ class Server:
         # one consumer for both topics: a command's outcome is recorded after its sending
         await self.bus.subscribe("command.>", "recorder", self.on_command)
         await self.bus.subscribe("notification.created", "notifier", self.on_notification)
+        pending = await self.relay_pending()
+        if pending:
+            log.info("published %d events the outbox held from before the restart", pending)
         self.control.start()
         from server.forecasts import forecast_frame
 
@@ -302,6 +329,21 @@ class Server:
 _DUMMY_HASH = hash_password("not a password anyone has")
 
 
+def _error(description: str, detail: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": {"detail": detail}}}}
+
+
+#: the error answers every route may give, with examples (OpenAPI)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("not signed in, or the token expired", "access token expired: sign in again"),
+    404: _error("no such resource for this user (another user's ids are answered the same)",
+                "no vehicle 7be40ee6bf114382a59a30c28297aa0f"),
+    409: _error("a conflict with what exists", "a user with this email exists"),
+    422: _error("the request is not valid; the message names the field",
+                "ready_by_at 2020-01-01T06:00:00+00:00 is in the past (now 2026-12-02T03:20:00+00:00)"),
+}
+
+
 def _demo_secret(purpose: str, fernet: bool = False) -> str:
     import base64
     import hashlib
@@ -383,7 +425,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await server.stop()
 
-    app = FastAPI(title="chargetwin server", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="chargetwin server", version="0.1.0", lifespan=lifespan, responses=_ERRORS,
                   description="Smart charging through the car makers' cloud APIs: link an OEM account, set "
                               "ready-by preferences, see each car's plan and status.")
     app.state.server = server

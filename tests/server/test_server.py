@@ -337,3 +337,24 @@ def test_notifications_are_posted_signed_retried_and_dead_lettered(tmp_path):
 def test_the_server_refuses_to_start_without_keys_outside_the_demo(tmp_path):
     with pytest.raises(SettingsError, match="CHARGETWIN_TOKEN_KEY.*CHARGETWIN_JWT_SECRET"):
         create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/x.db"))
+
+
+def test_events_the_outbox_held_at_a_crash_are_published_at_the_next_start(tmp_path):
+    async def scenario():
+        async with serving(tmp_path, speed=1.0) as (app, c):  # first start: the demo user and cars
+            demo = await sign_in(c)
+            car = (await c.get("/vehicles", headers=demo)).json()[0]
+        db = store.Database(f"sqlite+aiosqlite:///{tmp_path}/server.db")
+        async with db.session() as s:  # what a crash between storing and publishing leaves behind
+            await store.outbox_put(s, "notification.created", {
+                "vehicle_id": car["oem_vehicle_id"], "oem": car["oem"], "notice": "plan", "message": "held over"})
+            await s.commit()
+        await db.close()
+        async with serving(tmp_path, speed=1.0) as (app, c):
+            await settle(app.state.server)
+            notes = (await c.get("/notifications", headers=await sign_in(c))).json()
+            assert [n["message"] for n in notes if n.get("message") == "held over"] == ["held over"]
+            async with app.state.server.db.session() as s:
+                assert await store.outbox_pending(s) == []
+
+    run(scenario())
