@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 
 from server import db as store
+from server import ui
 from server.bus import connect_bus
 from server.control import ControlService, VehicleSpec, key_of, preferences_from_event, reading_to_event
 from server.models import (
@@ -238,7 +239,9 @@ class Server:
     async def save_snapshot(self) -> None:
         """The controller's state (plans, pending calls with their idempotency keys, back-off
         timers, escalations) into the database."""
-        text = json.dumps(self.control.snapshot())
+        # taken on the loop (a consistent state), turned into text off it: at thousands of cars
+        # the dump takes long enough to hold up requests
+        text = await asyncio.to_thread(json.dumps, self.control.snapshot())
         async with self.db.session() as s:
             await store.save_snapshot(s, "controller", text)
             await s.commit()
@@ -429,6 +432,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Smart charging through the car makers' cloud APIs: link an OEM account, set "
                               "ready-by preferences, see each car's plan and status.")
     app.state.server = server
+    app.include_router(ui.router)  # the driver's pages (/ui)
     if server.demo is not None:
         for oem, emulator in server.demo.apps.items():
             app.mount(f"/demo/{oem}", emulator)

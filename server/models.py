@@ -57,10 +57,19 @@ class ApiKeyOut(BaseModel):
 
 
 class DayPlan(_Body):
-    """When the car must be ready on one weekday, and how full (UTC time of day)."""
+    """When the car must be ready on one weekday, and how full (UTC time of day; a time with an
+    offset, ``07:30+01:00``, is converted to UTC)."""
 
     ready_by: Annotated[time, Field(examples=["07:30"])]
     target_soc: Annotated[float, Field(gt=0, le=1, examples=[0.8])]
+
+    @field_validator("ready_by")
+    @classmethod
+    def _utc(cls, v: time) -> time:
+        if v.tzinfo is None:
+            return v.replace(second=0, microsecond=0)
+        moment = datetime.combine(datetime(2026, 1, 5).date(), v).astimezone(timezone.utc)
+        return moment.time().replace(second=0, microsecond=0)
 
 
 class PreferencesIn(_Body):

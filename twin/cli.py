@@ -256,7 +256,9 @@ def serve(
     from server.settings import Settings, SettingsError
 
     try:
-        settings = Settings(demo=demo, public_url=f"http://{host}:{port}") if demo else Settings()
+        # redirects (OAuth callbacks) go to where this server listens unless the environment says
+        settings = Settings(demo=demo) if "CHARGETWIN_PUBLIC_URL" in os.environ else Settings(
+            demo=demo, public_url=f"http://{host}:{port}")
         application = create_app(settings)
     except (SettingsError, ValueError) as exc:
         _fail(exc)
