@@ -310,8 +310,15 @@ class Server:
             await self.control.stop()
         if self.demo is not None:
             await self.demo.stop()
-        for task in list(self._tasks):
+        # background work ends before what it uses closes: a task cancelled inside a database
+        # call must finish unwinding while the connection is still there
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=10.0)
+            if stuck:
+                log.error("%d background tasks did not stop within 10 s", len(stuck))
         await self.tokens.flush()
         await self.bus.close()
         await self.http.aclose()

@@ -239,8 +239,8 @@ class ControlService:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._pending:  # the events emitted so far reach the bus (bounded: never hang a shutdown)
+            await asyncio.wait(list(self._pending), timeout=10.0)
 
     def snapshot(self) -> dict[str, Any]:
         return self.controller.snapshot()
