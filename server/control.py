@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, time, timedelta
+from datetime import datetime, time
 from typing import Any
 
 import pandas as pd
@@ -344,6 +344,3 @@ def preferences_from_event(data: dict[str, Any] | None) -> Preferences:
 def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
-
-#: how far ahead the built-in forecast reaches
-FORECAST_HORIZON = timedelta(hours=48)
